@@ -1,0 +1,58 @@
+# MLEDGE: two commands on a fresh machine, `make demo` and `make test` (see README.md).
+SHELL := /bin/bash
+.SHELLFLAGS := -eu -o pipefail -c
+PYTHON ?= python3.11
+VENVS := .venvs
+WL := $(VENVS)/workload
+AF := $(VENVS)/orchestrator
+PIP_FLAGS := --quiet --disable-pip-version-check
+
+.PHONY: setup demo down status test test-unit test-dags test-e2e lint lock clean
+
+setup: $(WL)/.installed $(AF)/.installed ## build both environments from the lock files
+
+# The workload environment: Flower, torch, MLflow, Evidently, cloud SDKs, and this project (the `mledge` program).
+$(WL)/.installed: requirements-workload.txt pyproject.toml
+	@echo ">> building the workload environment in $(WL) (first time: a few minutes)"
+	$(PYTHON) -m venv $(WL)
+	$(WL)/bin/pip install $(PIP_FLAGS) -r requirements-workload.txt
+	$(WL)/bin/pip install $(PIP_FLAGS) --no-deps --no-build-isolation -e .
+	touch $@
+
+# The orchestrator environment: Airflow 3.3 (it cannot share an environment with Flower 1.41).
+$(AF)/.installed: requirements-orchestrator.txt pyproject.toml
+	@echo ">> building the orchestrator environment in $(AF) (first time: a few minutes)"
+	$(PYTHON) -m venv $(AF)
+	$(AF)/bin/pip install $(PIP_FLAGS) -r requirements-orchestrator.txt
+	$(AF)/bin/pip install $(PIP_FLAGS) --no-deps --no-build-isolation -e .
+	touch $@
+
+demo: setup ## set up, start the local stack, run federated_training through Airflow, print a summary
+	$(WL)/bin/mledge demo
+
+down: ## stop every process the local stack started
+	@if [ -x $(WL)/bin/mledge ]; then $(WL)/bin/mledge stack down; else echo "nothing to stop"; fi
+
+status: ## sites, SuperNodes, Flower runs and registered models as JSON
+	$(WL)/bin/mledge status --json
+
+test: setup lint test-unit test-dags test-e2e ## everything CI runs
+
+test-unit: setup
+	$(WL)/bin/python -m pytest -q tests/workload
+
+test-dags: setup
+	$(AF)/bin/python -m pytest -q tests/orchestrator
+
+test-e2e: setup
+	$(WL)/bin/python -m pytest -q -m e2e tests/e2e
+
+lint: setup
+	$(WL)/bin/ruff check .
+
+lock: ## regenerate both lock files from the environments as they are
+	$(WL)/bin/pip freeze --exclude-editable | sed 's/^torch==\(.*\)+cpu$$/torch==\1/' > requirements-workload.txt
+	$(AF)/bin/pip freeze --exclude-editable > requirements-orchestrator.txt
+
+clean: down ## remove local state (data, databases, logs) but keep the environments
+	rm -rf .state .test-state

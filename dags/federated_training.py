@@ -1,0 +1,67 @@
+"""federated_training: one federated training of the axis_failures model, from connected sites to the registry.
+
+wait_for_supernodes -> start_flower_run -> await_flower_run -> register_and_promote
+
+Trigger it from the UI (parameters below) or let ``MLEDGE_TRAINING_SCHEDULE`` (a cron expression or preset such
+as ``@daily``) schedule it. Every task runs the workload entry point ``mledge``; this file only wires.
+"""
+
+from __future__ import annotations
+
+import os
+from datetime import datetime, timedelta
+
+from airflow.sdk import DAG, Param
+
+from operators.mledge import MledgeOperator
+
+RUN_ID = "{{ ti.xcom_pull(task_ids='start_flower_run')['run_id'] }}"
+
+with DAG(
+    dag_id="federated_training",
+    description="Federated training of the axis_failures model across the plants, then registry promotion",
+    schedule=os.environ.get("MLEDGE_TRAINING_SCHEDULE") or None,
+    start_date=datetime(2026, 1, 1),
+    catchup=False,
+    max_active_runs=1,
+    default_args={"retries": 0, "retry_delay": timedelta(seconds=30)},
+    params={
+        "min_clients": Param(3, type="integer", minimum=1, description="SuperNodes that must be connected"),
+        "node_wait_timeout_s": Param(300, type="integer", minimum=1, description="How long to wait for them"),
+        "rounds": Param(3, type="integer", minimum=1, maximum=100, description="Federated rounds"),
+        "local_epochs": Param(2, type="integer", minimum=1, maximum=50, description="Epochs per round at a site"),
+        "learning_rate": Param(0.005, type="number", exclusiveMinimum=0),
+        "run_timeout_s": Param(1800, type="integer", minimum=10, description="Limit for the Flower run"),
+    },
+    tags=["mledge", "axis_failures", "federated"],
+    doc_md=__doc__,
+) as dag:
+    wait_for_supernodes = MledgeOperator(
+        task_id="wait_for_supernodes",
+        arguments=[
+            "fl", "wait-nodes",
+            "--min-nodes", "{{ params.min_clients }}",
+            "--timeout", "{{ params.node_wait_timeout_s }}",
+        ],
+    )
+    start_flower_run = MledgeOperator(
+        task_id="start_flower_run",
+        arguments=[
+            "fl", "start",
+            "--rounds", "{{ params.rounds }}",
+            "--local-epochs", "{{ params.local_epochs }}",
+            "--learning-rate", "{{ params.learning_rate }}",
+            "--min-nodes", "{{ params.min_clients }}",
+            "--dag-run-id", "{{ run_id }}",
+        ],
+    )
+    await_flower_run = MledgeOperator(
+        task_id="await_flower_run",
+        arguments=["fl", "await", "--run-id", RUN_ID, "--timeout", "{{ params.run_timeout_s }}"],
+    )
+    register_and_promote = MledgeOperator(
+        task_id="register_and_promote",
+        arguments=["models", "promote", "--flower-run-id", RUN_ID],
+    )
+
+    wait_for_supernodes >> start_flower_run >> await_flower_run >> register_and_promote

@@ -1,0 +1,92 @@
+"""The ClientApp each site's SuperNode runs: it reads only its own site's store and sends back weights and counts.
+
+Node config (set when the SuperNode starts): ``site`` (its stable name) and ``data-dir`` (its own store).
+Rows never leave this process; replies carry model weights, example counts and confusion counts only.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
+from flwr.clientapp import ClientApp
+
+from fl.model import Counts, build_model, evaluate, features, labels, train_local
+from fl.store import SiteDataError, is_held_out, load_site_data
+
+app = ClientApp()
+
+SITE_KEY = "site"
+CHAMPION_KEY = "champion"
+
+
+def site_of(context: Context) -> str:
+    site = str(context.node_config.get("site", "")).strip()
+    if not site:
+        raise SiteDataError("<unnamed>", "this SuperNode has no 'site' in its --node-config")
+    return site
+
+
+def site_split(context: Context) -> tuple[str, tuple[np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray]]:
+    """(site, (x, y) for training, (x, y) held out) from the site's own store."""
+    site = site_of(context)
+    data_dir = context.node_config.get("data-dir")
+    if not data_dir:
+        raise SiteDataError(site, "this SuperNode has no 'data-dir' in its --node-config")
+    frame = load_site_data(Path(str(data_dir)), site)
+    held = is_held_out(frame).to_numpy()
+    train, test = frame[~held], frame[held]
+    if train.empty or test.empty:
+        raise SiteDataError(site, f"too few rows to train and evaluate ({len(frame)})", Path(str(data_dir)))
+    return site, (features(train), labels(train)), (features(test), labels(test))
+
+
+def counts_record(counts: Counts, prefix: str = "") -> dict[str, float]:
+    return {
+        f"{prefix}tp": counts.tp,
+        f"{prefix}fp": counts.fp,
+        f"{prefix}fn": counts.fn,
+        f"{prefix}tn": counts.tn,
+        f"{prefix}loss-sum": counts.loss_sum,
+    }
+
+
+def _model_from(record: ArrayRecord):
+    model = build_model()
+    model.load_state_dict(record.to_torch_state_dict())
+    return model
+
+
+@app.query()
+def identify(msg: Message, context: Context) -> Message:
+    """Tell the ServerApp which site this node is, so that metrics and errors can be named by site."""
+    return Message(RecordDict({SITE_KEY: ConfigRecord({SITE_KEY: site_of(context)})}), reply_to=msg)
+
+
+@app.train()
+def train(msg: Message, context: Context) -> Message:
+    site, (x, y), _ = site_split(context)
+    config = msg.content["config"]
+    model = _model_from(msg.content["arrays"])
+    loss = train_local(
+        model,
+        x,
+        y,
+        epochs=int(config["local-epochs"]),
+        lr=float(config["learning-rate"]),
+        seed=int(config.get("server-round", 0)),
+    )
+    metrics = MetricRecord({"train-loss": loss, "num-examples": len(y)})
+    return Message(RecordDict({"arrays": ArrayRecord(model.state_dict()), "metrics": metrics}), reply_to=msg)
+
+
+@app.evaluate()
+def evaluate_held_out(msg: Message, context: Context) -> Message:
+    """Evaluate the sent model (and, when sent, the registry's champion) on this site's held-out rows."""
+    site, _, (x, y) = site_split(context)
+    values: dict[str, float] = {"num-examples": len(y)}
+    values.update(counts_record(evaluate(_model_from(msg.content["arrays"]), x, y)))
+    if CHAMPION_KEY in msg.content:
+        values.update(counts_record(evaluate(_model_from(msg.content[CHAMPION_KEY]), x, y), prefix="champion-"))
+    return Message(RecordDict({"metrics": MetricRecord(values)}), reply_to=msg)

@@ -1,0 +1,94 @@
+"""A small client of Airflow 3's REST API (v2): log in, unpause, trigger, follow a DAG run, read its results.
+
+It does what a person does in the UI, through the same API the UI uses.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+import requests
+
+TERMINAL_STATES = {"success", "failed"}
+
+
+class AirflowApiError(RuntimeError):
+    pass
+
+
+def password_for(passwords_file: Path, username: str) -> str:
+    """The generated password of a SimpleAuthManager user (written by the api-server on first start)."""
+    try:
+        return json.loads(passwords_file.read_text())[username]
+    except (OSError, KeyError, ValueError) as exc:
+        raise AirflowApiError(f"no password for Airflow user {username!r} in {passwords_file}: {exc}") from exc
+
+
+class AirflowClient:
+    def __init__(self, base_url: str, username: str, password: str, timeout: float = 30.0) -> None:
+        self.base_url = base_url.rstrip("/")
+        self.timeout = timeout
+        self.session = requests.Session()
+        response = self.session.post(
+            f"{self.base_url}/auth/token", json={"username": username, "password": password}, timeout=timeout
+        )
+        if response.status_code not in (200, 201):
+            raise AirflowApiError(f"login as {username!r} failed: HTTP {response.status_code} {response.text[:200]}")
+        self.session.headers["Authorization"] = f"Bearer {response.json()['access_token']}"
+
+    def _call(self, method: str, path: str, **kwargs: Any) -> Any:
+        response = self.session.request(method, f"{self.base_url}/api/v2{path}", timeout=self.timeout, **kwargs)
+        if response.status_code >= 400:
+            raise AirflowApiError(f"{method} {path}: HTTP {response.status_code} {response.text[:300]}")
+        return response.json() if response.content else None
+
+    def wait_for_dag(self, dag_id: str, timeout: float = 120.0) -> dict:
+        """Wait until the dag-processor has parsed the DAG; import errors are reported by name."""
+        deadline = time.monotonic() + timeout
+        while True:
+            response = self.session.get(f"{self.base_url}/api/v2/dags/{dag_id}", timeout=self.timeout)
+            if response.status_code == 200:
+                return response.json()
+            errors = self._call("GET", "/importErrors").get("import_errors", [])
+            if errors:
+                found = [(e["filename"], e["stack_trace"][-300:]) for e in errors]
+                raise AirflowApiError(f"DAG import errors: {found}")
+            if time.monotonic() > deadline:
+                raise AirflowApiError(f"DAG {dag_id} not parsed within {timeout:.0f}s")
+            time.sleep(1)
+
+    def unpause(self, dag_id: str) -> None:
+        self._call("PATCH", f"/dags/{dag_id}", json={"is_paused": False})
+
+    def trigger(self, dag_id: str, conf: dict | None = None) -> str:
+        run = self._call("POST", f"/dags/{dag_id}/dagRuns", json={"logical_date": None, "conf": conf or {}})
+        return run["dag_run_id"]
+
+    def dag_run(self, dag_id: str, run_id: str) -> dict:
+        return self._call("GET", f"/dags/{dag_id}/dagRuns/{run_id}")
+
+    def wait_for_run(self, dag_id: str, run_id: str, timeout: float, poll_s: float = 2.0) -> dict:
+        deadline = time.monotonic() + timeout
+        while True:
+            run = self.dag_run(dag_id, run_id)
+            if run["state"] in TERMINAL_STATES:
+                return run
+            if time.monotonic() > deadline:
+                raise AirflowApiError(f"DAG run {run_id} still {run['state']} after {timeout:.0f}s")
+            time.sleep(poll_s)
+
+    def task_instances(self, dag_id: str, run_id: str) -> list[dict]:
+        return self._call("GET", f"/dags/{dag_id}/dagRuns/{run_id}/taskInstances")["task_instances"]
+
+    def xcom(self, dag_id: str, run_id: str, task_id: str, key: str = "return_value") -> Any:
+        entry = self._call("GET", f"/dags/{dag_id}/dagRuns/{run_id}/taskInstances/{task_id}/xcomEntries/{key}")
+        value = entry.get("value")
+        if isinstance(value, str):
+            try:
+                return json.loads(value)
+            except ValueError:
+                return value
+        return value

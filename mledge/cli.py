@@ -1,0 +1,229 @@
+"""``mledge``: the one entry point to MLEDGE's workload, for people, Airflow tasks and containers alike.
+
+Commands that Airflow runs print one JSON document on stdout (their result, which becomes the task's XCom) and
+log to stderr (which becomes the task log). Heavy libraries are imported inside the command that needs them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from mledge.settings import FLWR_CONNECTION, Settings
+
+log = logging.getLogger("mledge")
+
+
+def _emit(document: Any) -> None:
+    json.dump(document, sys.stdout, indent=2, default=str)
+    sys.stdout.write("\n")
+
+
+# --- data ------------------------------------------------------------------------------------------------
+
+
+def init_site_data(settings: Settings, batches: int) -> dict:
+    """Give every site at least ``batches`` batches in its own store (existing batches are kept)."""
+    from fl.sites import site_profile
+    from fl.store import append_generated_batch, batch_paths
+
+    added: dict[str, list[str]] = {}
+    for site in settings.sites:
+        store = settings.site_store(site)
+        while len(batch_paths(store)) < batches:
+            added.setdefault(site, []).append(str(append_generated_batch(store, site_profile(site))))
+    return {"data_root": str(settings.data_root), "added": added}
+
+
+def cmd_data_init(args: argparse.Namespace, settings: Settings) -> dict:
+    return init_site_data(settings, args.batches)
+
+
+# --- stack -----------------------------------------------------------------------------------------------
+
+
+def cmd_stack_up(args: argparse.Namespace, settings: Settings) -> dict:
+    from mledge import stack
+
+    init_site_data(settings, args.batches)
+    return stack.up(settings, timeout=args.timeout, say=lambda m: log.info("%s", m))
+
+
+def cmd_stack_down(args: argparse.Namespace, settings: Settings) -> list[str]:
+    from mledge import stack
+
+    return stack.down(settings, say=lambda m: log.info("%s", m))
+
+
+def cmd_stack_status(args: argparse.Namespace, settings: Settings) -> dict:
+    from mledge import stack
+
+    return stack.status(settings)
+
+
+# --- federated learning ----------------------------------------------------------------------------------
+
+
+def _flwr_bin(settings: Settings) -> str:
+    path = settings.bin("workload", "flwr")
+    return str(path) if path.exists() else "flwr"
+
+
+def cmd_fl_wait_nodes(args: argparse.Namespace, settings: Settings) -> dict:
+    from fl.runs import wait_for_nodes
+
+    nodes = wait_for_nodes(args.min_nodes, args.timeout, FLWR_CONNECTION, _flwr_bin(settings))
+    log.info("%d SuperNodes online", len(nodes))
+    return {"online": len(nodes), "node_ids": [n["node-id"] for n in nodes]}
+
+
+def cmd_fl_start(args: argparse.Namespace, settings: Settings) -> dict:
+    from fl.runs import submit_run
+
+    config = {
+        "num-server-rounds": args.rounds,
+        "local-epochs": args.local_epochs,
+        "learning-rate": args.learning_rate,
+        "min-nodes": args.min_nodes,
+        "dag-run-id": args.dag_run_id,
+    }
+    run_id = submit_run(config, FLWR_CONNECTION, flwr_bin=_flwr_bin(settings))
+    log.info("Submitted Flower run %s", run_id)
+    return {"run_id": run_id, "run_config": config}
+
+
+def cmd_fl_await(args: argparse.Namespace, settings: Settings) -> dict:
+    from fl.runs import COMPLETED, FlowerError, await_run
+
+    info = await_run(
+        args.run_id, args.timeout, FLWR_CONNECTION, _flwr_bin(settings),
+        on_change=lambda i: log.info("Flower run %s: %s", args.run_id, i["status"]),
+    )
+    result = {"run_id": args.run_id, "status": info["status"], "details": info.get("status-details")}
+    result.update(_run_failures(args.run_id))
+    for site, problems in result.get("site_failures", {}).items():
+        for problem in problems:
+            log.warning("site %s failed: %s", site, problem)
+    if info["status"] != COMPLETED:
+        raise FlowerError(f"Flower run {args.run_id} ended {info['status']}: {info.get('status-details')}")
+    return result
+
+
+def _run_failures(flower_run_id: str) -> dict:
+    """Which sites failed in a run and why, as the ServerApp recorded them in MLflow."""
+    import mlflow
+    from mlflow.exceptions import MlflowException
+
+    from fl.registry import EVIDENCE_PATH, find_run
+
+    try:
+        run = find_run(mlflow.MlflowClient(), flower_run_id)
+        evidence = mlflow.artifacts.load_dict(f"{run.info.artifact_uri}/{EVIDENCE_PATH}")
+    except (LookupError, MlflowException, OSError) as exc:
+        return {"mlflow_run_id": None, "site_failures": {}, "note": f"no MLflow record: {exc}"}
+    return {"mlflow_run_id": run.info.run_id, "site_failures": evidence.get("failures", {})}
+
+
+# --- models ----------------------------------------------------------------------------------------------
+
+
+def cmd_models_promote(args: argparse.Namespace, settings: Settings) -> dict:
+    from fl.registry import promote
+
+    result = promote(args.flower_run_id, metric=args.metric, margin=args.margin)
+    log.info("Version %s of %s is %s: %s", result["version"], result["registered_model"], result["alias"],
+             result["reason"])
+    return result
+
+
+# --- overview --------------------------------------------------------------------------------------------
+
+
+def cmd_status(args: argparse.Namespace, settings: Settings) -> dict:
+    from mledge.status import collect
+
+    return collect(settings)
+
+
+def cmd_demo(args: argparse.Namespace, settings: Settings) -> dict:
+    from mledge.demo import run_demo
+
+    return run_demo(settings, rounds=args.rounds, timeout=args.timeout)
+
+
+# --- parser ----------------------------------------------------------------------------------------------
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="mledge", description=__doc__.splitlines()[0])
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    def add(group: argparse._SubParsersAction, name: str, func: Callable, help: str) -> argparse.ArgumentParser:
+        sub = group.add_parser(name, help=help, description=help)
+        sub.set_defaults(func=func)
+        return sub
+
+    data = commands.add_parser("data", help="site data stores").add_subparsers(dest="sub", required=True)
+    p = add(data, "init", cmd_data_init, "give every site at least N batches of generated data")
+    p.add_argument("--batches", type=int, default=3)
+
+    stack = commands.add_parser("stack", help="the local stack").add_subparsers(dest="sub", required=True)
+    p = add(stack, "up", cmd_stack_up, "start every component that is not running and wait until healthy")
+    p.add_argument("--timeout", type=float, default=240)
+    p.add_argument("--batches", type=int, default=3, help="initial batches per site")
+    add(stack, "down", cmd_stack_down, "stop every component the stack started, by PID")
+    add(stack, "status", cmd_stack_status, "which components run, with PIDs and health")
+
+    fl = commands.add_parser("fl", help="federated runs on the SuperLink").add_subparsers(dest="sub", required=True)
+    p = add(fl, "wait-nodes", cmd_fl_wait_nodes, "wait until enough SuperNodes are connected")
+    p.add_argument("--min-nodes", type=int, default=3)
+    p.add_argument("--timeout", type=float, default=300)
+    p = add(fl, "start", cmd_fl_start, "submit a federated training run; prints its run id")
+    p.add_argument("--rounds", type=int, default=3)
+    p.add_argument("--local-epochs", type=int, default=2)
+    p.add_argument("--learning-rate", type=float, default=0.005)
+    p.add_argument("--min-nodes", type=int, default=3)
+    p.add_argument("--dag-run-id", default="")
+    p = add(fl, "await", cmd_fl_await, "wait for a run's terminal status; fails unless it completed")
+    p.add_argument("--run-id", required=True)
+    p.add_argument("--timeout", type=float, default=1800)
+
+    models = commands.add_parser("models", help="the model registry").add_subparsers(dest="sub", required=True)
+    p = add(models, "promote", cmd_models_promote, "register a run's global model and apply the promotion gate")
+    p.add_argument("--flower-run-id", required=True)
+    p.add_argument("--metric", default="f1", choices=["f1", "recall", "accuracy", "loss"])
+    p.add_argument("--margin", type=float, default=0.0, help="how much better than the champion it must be")
+
+    p = add(commands, "status", cmd_status, "sites, SuperNodes, Flower runs and registered models")
+    p.add_argument("--json", action="store_true", help="print JSON (the default for this program's commands)")
+    p = add(commands, "demo", cmd_demo, "start the stack, run federated_training through Airflow, summarise")
+    p.add_argument("--rounds", type=int, default=3)
+    p.add_argument("--timeout", type=float, default=1200)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO,
+        stream=sys.stderr,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    try:
+        result = args.func(args, Settings())
+    except Exception as exc:  # one clear line for people and task logs; -v shows the traceback
+        log.debug("traceback", exc_info=True)
+        log.error("%s: %s", exc.__class__.__name__, exc)
+        return 1
+    if args.func is not cmd_demo:
+        _emit(result)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

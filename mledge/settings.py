@@ -1,0 +1,93 @@
+"""Where MLEDGE keeps its state and which ports its local stack uses; all from the environment, with defaults.
+
+| variable                | default                 | meaning                                               |
+|-------------------------|-------------------------|-------------------------------------------------------|
+| MLEDGE_HOME             | <repo>/.state           | data, databases, logs, PID files, secrets             |
+| MLEDGE_VENVS            | <repo>/.venvs           | the orchestrator and workload environments            |
+| MLEDGE_AIRFLOW_PORT     | 8080                    | Airflow api-server (UI and REST API)                  |
+| MLEDGE_MLFLOW_PORT      | mlflow/server.toml, 5000| MLflow tracking server                                |
+| MLEDGE_SUPERLINK_PORT   | 9091                    | Flower SuperLink (Fleet, Control, Runtime APIs)       |
+| MLEDGE_SUPERNODE_PORT   | 9094                    | first SuperNode's runtime port; one more per site     |
+| MLEDGE_AIRFLOW_DB_URL   | SQLite in MLEDGE_HOME   | Airflow metadata database (e.g. postgresql+psycopg2://)|
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+SITES = ("plant_a", "plant_b", "plant_c")
+FLWR_CONNECTION = "mledge"
+
+
+def _port(name: str, default: int) -> int:
+    value = os.environ.get(name, "")
+    if not value:
+        return default
+    if not value.isdigit() or not 0 < int(value) < 65536:
+        raise ValueError(f"{name}={value!r} is not a TCP port")
+    return int(value)
+
+
+def mlflow_server_config(repo: Path = REPO) -> dict:
+    return tomllib.loads((repo / "mlflow" / "server.toml").read_text())
+
+
+@dataclass(frozen=True)
+class Settings:
+    repo: Path = REPO
+    home: Path = field(default_factory=lambda: Path(os.environ.get("MLEDGE_HOME") or REPO / ".state").resolve())
+    venvs: Path = field(default_factory=lambda: Path(os.environ.get("MLEDGE_VENVS") or REPO / ".venvs").resolve())
+    airflow_port: int = field(default_factory=lambda: _port("MLEDGE_AIRFLOW_PORT", 8080))
+    mlflow_port: int = field(
+        default_factory=lambda: _port("MLEDGE_MLFLOW_PORT", int(mlflow_server_config()["server"]["port"]))
+    )
+    superlink_port: int = field(default_factory=lambda: _port("MLEDGE_SUPERLINK_PORT", 9091))
+    supernode_port: int = field(default_factory=lambda: _port("MLEDGE_SUPERNODE_PORT", 9094))
+    airflow_db_url: str | None = field(default_factory=lambda: os.environ.get("MLEDGE_AIRFLOW_DB_URL") or None)
+    sites: tuple[str, ...] = SITES
+
+    @property
+    def data_root(self) -> Path:
+        return self.home / "sites"
+
+    def site_store(self, site: str) -> Path:
+        return self.data_root / site
+
+    @property
+    def logs(self) -> Path:
+        return self.home / "logs"
+
+    @property
+    def run_dir(self) -> Path:
+        return self.home / "run"
+
+    @property
+    def secrets(self) -> Path:
+        return self.home / "secrets"
+
+    @property
+    def airflow_home(self) -> Path:
+        return self.home / "airflow"
+
+    @property
+    def flwr_home(self) -> Path:
+        return self.home / "flwr"
+
+    @property
+    def mlflow_uri(self) -> str:
+        return f"http://127.0.0.1:{self.mlflow_port}"
+
+    @property
+    def airflow_url(self) -> str:
+        return f"http://127.0.0.1:{self.airflow_port}"
+
+    @property
+    def superlink_address(self) -> str:
+        return f"127.0.0.1:{self.superlink_port}"
+
+    def bin(self, env: str, program: str) -> Path:
+        return self.venvs / env / "bin" / program

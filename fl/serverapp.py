@@ -1,9 +1,10 @@
 """The ServerApp: federated rounds over the connected sites, logged to MLflow.
 
-Per run: ask every node which site it is; for each round, train (FedAvg) and evaluate on every site's held-out
-rows; finally let every site evaluate the new global model and the registry's current champion side by side
-(the promotion evidence, computed where the data live); log the model. Registration and promotion are the
-DAG's job (fl/registry.py): the ServerApp only logs.
+Each round sends the global model to every site, which first scores it on its held-out rows and then trains it
+(one message, and so one ClientApp process, per site and round); FedAvg aggregates the weights, and the summed
+confusion counts give exact federated metrics. Finally every site scores the final model and the registry's
+current champion side by side: the promotion evidence, computed where the data live. The model and all metrics
+go to MLflow; registration and promotion are the DAG's job (fl/registry.py).
 
 Run config keys are those of fl/flower_app/pyproject.toml.
 """
@@ -15,7 +16,7 @@ from collections.abc import Iterable, Mapping
 
 import mlflow
 import numpy as np
-from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
+from flwr.app import ArrayRecord, ConfigRecord, Context, Message, RecordDict
 from flwr.serverapp import Grid, ServerApp
 from flwr.serverapp.strategy import FedAvg
 
@@ -52,42 +53,27 @@ def counts_from(metrics: Mapping[str, float], prefix: str = "") -> Counts | None
     )
 
 
-def aggregate_counts(replies: list[RecordDict], weighted_by_key: str = "num-examples") -> MetricRecord:
-    """Federated evaluation metrics from summed confusion counts: exact global recall and F1, not an average."""
-    total = sum((counts_from(next(iter(r.metric_records.values()))) for r in replies), Counts(0, 0, 0, 0, 0.0))
-    return MetricRecord({**metrics_from_counts(total), "num-examples": total.n})
-
-
 def reply_metrics(reply: Message) -> dict[str, float]:
     return dict(next(iter(reply.content.metric_records.values())))
 
 
-def split_replies(
-    replies: Iterable[Message], sites: Mapping[int, str]
-) -> tuple[dict[str, Message], dict[str, str]]:
-    """Replies by site name, and the error reason of each site that failed."""
+def split_replies(replies: Iterable[Message], sites: dict[int, str]) -> tuple[dict[str, Message], dict[str, str]]:
+    """Replies by site name, and the error reason of each site that failed.
+
+    Sites name themselves in every reply; ``sites`` (node id -> site) remembers them so that a later error
+    from the same node is named too. Node ids change when a SuperNode restarts, site names do not.
+    """
     ok: dict[str, Message] = {}
     failed: dict[str, str] = {}
     for reply in replies:
-        site = sites.get(reply.metadata.src_node_id, f"node-{reply.metadata.src_node_id}")
+        node = reply.metadata.src_node_id
         if reply.has_error():
-            failed[site] = reply.error.reason
-        else:
-            ok[site] = reply
+            failed[sites.get(node, f"node-{node}")] = reply.error.reason
+            continue
+        if SITE_KEY in reply.content:
+            sites[node] = str(reply.content[SITE_KEY][SITE_KEY])
+        ok[sites.get(node, f"node-{node}")] = reply
     return ok, failed
-
-
-def discover_sites(grid: Grid, timeout: float) -> dict[int, str]:
-    """node id -> site name, asked of every connected node (node ids can change; site names do not)."""
-    messages = [
-        Message(RecordDict({"config": ConfigRecord({})}), message_type="query", dst_node_id=node)
-        for node in grid.get_node_ids()
-    ]
-    sites = {}
-    for reply in grid.send_and_receive(messages, timeout=timeout):
-        if not reply.has_error():
-            sites[reply.metadata.src_node_id] = str(reply.content[SITE_KEY][SITE_KEY])
-    return sites
 
 
 def _require(ok: Mapping[str, Message], failed: Mapping[str, str], minimum: int, what: str) -> None:
@@ -99,6 +85,15 @@ def _require(ok: Mapping[str, Message], failed: Mapping[str, str], minimum: int,
         )
 
 
+def log_evaluation(ok: Mapping[str, Message], step: int, prefix: str = "") -> None:
+    """Federated and per-site held-out metrics of one global model, at ``step`` (its round)."""
+    per_site = {site: counts_from(reply_metrics(reply), prefix) for site, reply in ok.items()}
+    total = sum(per_site.values(), Counts(0, 0, 0, 0, 0.0))
+    mlflow.log_metrics({f"eval_{k}": v for k, v in metrics_from_counts(total).items()}, step=step)
+    for site, counts in per_site.items():
+        mlflow.log_metrics({f"{site}/eval_{k}": v for k, v in metrics_from_counts(counts).items()}, step=step)
+
+
 @app.main()
 def main(grid: Grid, context: Context) -> None:
     cfg = context.run_config
@@ -106,12 +101,7 @@ def main(grid: Grid, context: Context) -> None:
     min_nodes = int(cfg["min-nodes"])
     min_replies = int(cfg["min-replies"])
     timeout = float(cfg["reply-timeout-s"])
-    strategy = FedAvg(
-        min_available_nodes=min_nodes,
-        min_train_nodes=min_nodes,
-        min_evaluate_nodes=min_nodes,
-        evaluate_metrics_aggr_fn=aggregate_counts,
-    )
+    strategy = FedAvg(min_available_nodes=min_nodes, min_train_nodes=min_nodes, fraction_evaluate=0.0)
     train_config = ConfigRecord(
         {"local-epochs": int(cfg["local-epochs"]), "learning-rate": float(cfg["learning-rate"])}
     )
@@ -124,37 +114,28 @@ def main(grid: Grid, context: Context) -> None:
     }
     with mlflow.start_run(run_name=f"flower-run-{context.run_id}", tags=tags):
         mlflow.log_params({k: v for k, v in cfg.items() if k != "dag-run-id"})
-        sites = discover_sites(grid, timeout)
-        log.info("Sites in this run: %s", sites)
-        mlflow.log_param("sites", ",".join(sorted(sites.values())))
+        sites: dict[int, str] = {}
         failures: dict[str, list[str]] = {}
 
         model = build_model(seed=int(cfg.get("seed", 0)))
         arrays = ArrayRecord(model.state_dict())
         for rnd in range(1, rounds + 1):
             messages = strategy.configure_train(rnd, arrays, train_config, grid)
-            replies = list(grid.send_and_receive(messages, timeout=timeout))
-            ok, failed = split_replies(replies, sites)
+            ok, failed = split_replies(grid.send_and_receive(messages, timeout=timeout), sites)
             _record_failures(failures, rnd, "train", failed)
-            _require(ok, failed, min_replies, f"round {rnd} train")
+            _require(ok, failed, min_replies, f"round {rnd}")
+            log_evaluation(ok, step=rnd - 1)  # the sites scored the model they received
             arrays, train_metrics = strategy.aggregate_train(rnd, list(ok.values()))
             mlflow.log_metric("train_loss", float(train_metrics["train-loss"]), step=rnd)
+            log.info("round %d: trained at %s", rnd, ", ".join(sorted(ok)))
 
-            messages = strategy.configure_evaluate(rnd, arrays, ConfigRecord(), grid)
-            replies = list(grid.send_and_receive(messages, timeout=timeout))
-            ok, failed = split_replies(replies, sites)
-            _record_failures(failures, rnd, "evaluate", failed)
-            _require(ok, failed, min_replies, f"round {rnd} evaluate")
-            overall = strategy.aggregate_evaluate(rnd, list(ok.values()))
-            mlflow.log_metrics({f"eval_{k}": float(v) for k, v in overall.items() if k != "num-examples"}, step=rnd)
-            for site, reply in ok.items():
-                site_metrics = metrics_from_counts(counts_from(reply_metrics(reply)))
-                mlflow.log_metrics({f"{site}/eval_{k}": v for k, v in site_metrics.items()}, step=rnd)
-
-        evidence = _promotion_evidence(grid, arrays, sites, timeout, str(cfg["registered-model"]))
-        _record_failures(failures, rounds + 1, "holdout-comparison", evidence.pop("failed"))
+        evidence, ok = _promotion_evidence(grid, arrays, sites, timeout, str(cfg["registered-model"]))
+        _record_failures(failures, rounds + 1, "final evaluation", evidence.pop("failed"))
+        if ok:
+            log_evaluation(ok, step=rounds)
         evidence["failures"] = failures
         mlflow.log_dict(evidence, EVIDENCE_PATH)
+        mlflow.log_dict(sites, "sites.json")
         for site, entry in evidence["sites"].items():
             mlflow.log_metrics({f"holdout/{site}/candidate_{k}": v for k, v in entry["candidate"].items()})
             if entry["champion"]:
@@ -166,8 +147,8 @@ def main(grid: Grid, context: Context) -> None:
         info = mlflow.pytorch.log_model(
             model,
             name="model",
-            # A synthetic input: the server holds no site data, and must not.
-            input_example=np.zeros((1, N_FEATURES), dtype=np.float32),
+            # A synthetic input (the server holds no site data, and must not); two rows keep the batch size free.
+            input_example=np.zeros((2, N_FEATURES), dtype=np.float32),
             pip_requirements=["torch==2.13.0"],
         )
         mlflow.set_tag(TAG_MODEL_URI, info.model_uri)
@@ -180,8 +161,8 @@ def _record_failures(failures: dict[str, list[str]], rnd: int, phase: str, faile
 
 
 def _promotion_evidence(
-    grid: Grid, arrays: ArrayRecord, sites: Mapping[int, str], timeout: float, registered_model: str
-) -> dict:
+    grid: Grid, arrays: ArrayRecord, sites: dict[int, str], timeout: float, registered_model: str
+) -> tuple[dict, dict[str, Message]]:
     """Each site scores the new model and the current champion on its own held-out rows."""
     champion_version, champion_state = load_champion_state(registered_model)
     content = {"arrays": arrays, "config": ConfigRecord({"purpose": "promotion"})}
@@ -200,4 +181,4 @@ def _promotion_evidence(
             "champion": metrics_from_counts(champion) if champion else None,
             "num_examples": int(metrics["num-examples"]),
         }
-    return result
+    return result, ok

@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -214,8 +215,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         stream=sys.stderr,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
+    settings = Settings()
+    # The same program runs on a laptop, in a container and in an Airflow task: point it at the platform's
+    # tracking server and SuperLink connection unless the environment already says where they are.
+    os.environ.setdefault("MLFLOW_TRACKING_URI", settings.mlflow_uri)
+    os.environ.setdefault("FLWR_HOME", str(settings.flwr_home))
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     try:
-        result = args.func(args, Settings())
+        result = args.func(args, settings)
     except Exception as exc:  # one clear line for people and task logs; -v shows the traceback
         log.debug("traceback", exc_info=True)
         log.error("%s: %s", exc.__class__.__name__, exc)

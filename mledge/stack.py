@@ -290,16 +290,17 @@ def stop(settings: Settings, name: str, sig: int = signal.SIGTERM, grace: float 
         except ProcessLookupError:
             pass
         deadline = time.monotonic() + grace
-        while _group_alive(pid) and time.monotonic() < deadline:
+        while group_alive(pid) and time.monotonic() < deadline:
             time.sleep(0.2)
-        if _group_alive(pid):
+        if group_alive(pid):
             os.killpg(pid, signal.SIGKILL)
         _reap(pid)
     path.unlink(missing_ok=True)
     return pid is not None
 
 
-def _group_alive(pgid: int) -> bool:
+def group_alive(pgid: int) -> bool:
+    """Whether any live (non-zombie) process remains in the process group."""
     try:
         os.killpg(pgid, 0)
     except ProcessLookupError:

@@ -1,0 +1,204 @@
+"""End to end on the real stack: Airflow (api-server, scheduler, dag-processor), the MLflow tracking server, a
+Flower SuperLink and three SuperNodes, all started by the project's own `mledge stack up` and stopped by PID.
+
+Airflow's metadata database is PostgreSQL when one answers on 127.0.0.1:5432 (required when CI=true), else
+SQLite. Two DAG runs go through Airflow's REST API, as the UI's Trigger button would; the registry is checked
+through MLflow's REST API.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import uuid
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import requests
+
+from fl.registry import GLOBAL_MODEL
+from mledge.airflow_api import AirflowClient, password_for
+from mledge.stack import group_alive
+
+pytestmark = pytest.mark.e2e
+
+BIN = Path(sys.executable).parent
+DAG_ID = "federated_training"
+SITES = ("plant_a", "plant_b", "plant_c")
+
+
+def _free(port: int) -> bool:
+    with socket.socket() as s:
+        try:
+            s.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
+
+
+def free_ports(count: int, start: int = 21000) -> list[int]:
+    """`count` consecutive free ports (the SuperNodes take consecutive ones)."""
+    base = start + (os.getpid() % 500) * 20
+    while not all(_free(p) for p in range(base, base + count)):
+        base += count
+    return list(range(base, base + count))
+
+
+@pytest.fixture(scope="module")
+def airflow_db_url():
+    import psycopg2
+
+    try:
+        admin = psycopg2.connect(host="127.0.0.1", port=5432, user="postgres", dbname="postgres", connect_timeout=3)
+    except psycopg2.OperationalError:
+        if os.environ.get("CI", "").lower() == "true":
+            raise
+        yield None  # no PostgreSQL here: the product default, SQLite
+        return
+    admin.autocommit = True
+    name = f"mledge_e2e_{uuid.uuid4().hex[:10]}"
+    with admin.cursor() as cur:
+        cur.execute(f'CREATE DATABASE "{name}"')
+    yield f"postgresql+psycopg2://postgres@127.0.0.1:5432/{name}"
+    with admin.cursor() as cur:
+        cur.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    admin.close()
+
+
+class Platform:
+    def __init__(self, home: Path, env: dict[str, str], airflow_port: int, mlflow_port: int) -> None:
+        self.home, self.env = home, env
+        self.airflow_url = f"http://127.0.0.1:{airflow_port}"
+        self.mlflow_url = f"http://127.0.0.1:{mlflow_port}"
+
+    def mledge(self, *args: str, timeout: float = 300) -> subprocess.CompletedProcess:
+        return subprocess.run(
+            [str(BIN / "mledge"), *args], env=self.env, capture_output=True, text=True, timeout=timeout
+        )
+
+    def airflow(self, user: str = "admin") -> AirflowClient:
+        password = password_for(self.home / "secrets" / "airflow_passwords.json", user)
+        return AirflowClient(self.airflow_url, user, password)
+
+    def mlflow(self, path: str, **params) -> dict:
+        response = requests.get(f"{self.mlflow_url}/api/2.0/mlflow/{path}", params=params, timeout=30)
+        response.raise_for_status()
+        return response.json()
+
+    def aliases(self) -> dict[str, str]:
+        model = self.mlflow("registered-models/get", name=GLOBAL_MODEL)["registered_model"]
+        return {a["alias"]: a["version"] for a in model.get("aliases", [])}
+
+    def logs(self) -> str:
+        return "\n".join(
+            f"--- {p.name}\n" + "\n".join(p.read_text(errors="replace").splitlines()[-30:])
+            for p in sorted((self.home / "logs").glob("*.log"))
+        )
+
+
+@pytest.fixture(scope="module")
+def platform(tmp_path_factory, airflow_db_url):
+    home = tmp_path_factory.mktemp("mledge-home")
+    airflow_port, mlflow_port, superlink_port, *supernode_ports = free_ports(3 + len(SITES))
+    env = {k: v for k, v in os.environ.items() if k not in ("MLFLOW_TRACKING_URI", "FLWR_HOME", "PYTHONPATH")}
+    env.update(
+        MLEDGE_HOME=str(home),
+        MLEDGE_AIRFLOW_PORT=str(airflow_port),
+        MLEDGE_MLFLOW_PORT=str(mlflow_port),
+        MLEDGE_SUPERLINK_PORT=str(superlink_port),
+        MLEDGE_SUPERNODE_PORT=str(supernode_ports[0]),
+    )
+    if airflow_db_url:
+        env["MLEDGE_AIRFLOW_DB_URL"] = airflow_db_url
+    else:
+        env.pop("MLEDGE_AIRFLOW_DB_URL", None)
+    stack = Platform(home, env, airflow_port, mlflow_port)
+    try:
+        up = stack.mledge("stack", "up", "--batches", "2")
+        assert up.returncode == 0, f"stack up failed:\n{up.stderr[-3000:]}\n{stack.logs()}"
+        pids = json.loads(up.stdout)
+        yield stack
+    finally:
+        down = stack.mledge("stack", "down")
+        assert down.returncode == 0, down.stderr
+    for name, pid in pids.items():  # every process group the stack started is gone
+        assert not group_alive(pid), name
+        assert not (home / "run" / f"{name}.pid").exists()
+
+
+def run_training(platform: Platform, conf: dict) -> tuple[str, dict]:
+    client = platform.airflow()
+    client.wait_for_dag(DAG_ID)
+    client.unpause(DAG_ID)
+    run_id = client.trigger(DAG_ID, conf)
+    run = client.wait_for_run(DAG_ID, run_id, timeout=900)
+    tasks = {t["task_id"]: t["state"] for t in client.task_instances(DAG_ID, run_id)}
+    assert run["state"] == "success", f"{run_id}: {tasks}\n{platform.logs()}"
+    return run_id, {task: client.xcom(DAG_ID, run_id, task) for task in tasks}
+
+
+def test_first_run_trains_logs_and_becomes_champion(platform):
+    dag_run_id, xcom = run_training(platform, {"rounds": 2})
+    flower_run_id = xcom["start_flower_run"]["run_id"]
+    assert xcom["await_flower_run"]["status"] == "finished:completed"
+    assert xcom["await_flower_run"]["site_failures"] == {}
+    promotion = xcom["register_and_promote"]
+    assert promotion["version"] == "1"
+    assert promotion["alias"] == "champion"
+
+    # Through MLflow's REST API: alias, lineage tags, per-round metrics.
+    assert platform.aliases() == {"champion": "1"}
+    run = platform.mlflow("runs/get", run_id=promotion["mlflow_run_id"])["run"]
+    tags = {t["key"]: t["value"] for t in run["data"]["tags"]}
+    assert tags["mledge.dag_run_id"] == dag_run_id
+    assert tags["mledge.flower_run_id"] == flower_run_id
+    for metric, steps in {"eval_f1": {0, 1, 2}, "eval_recall": {0, 1, 2}, "eval_accuracy": {0, 1, 2},
+                          "eval_loss": {0, 1, 2}, "train_loss": {1, 2}}.items():
+        history = platform.mlflow("metrics/get-history", run_id=run["info"]["run_id"], metric_key=metric)["metrics"]
+        assert {m["step"] for m in history} == steps, metric
+    version = platform.mlflow("model-versions/get", name=GLOBAL_MODEL, version="1")["model_version"]
+    version_tags = {t["key"]: t["value"] for t in version["tags"]}
+    assert version_tags["mledge.flower_run_id"] == flower_run_id
+    assert version_tags["mledge.promotion"] == "champion"
+
+
+def test_second_run_survives_a_malformed_site_and_passes_the_gate(platform):
+    # plant_c receives a batch with missing torque values: it must fail by name, the others must go on.
+    store = platform.home / "sites" / "plant_c" / "batches"
+    frame = pd.read_csv(store / "batch-000001.csv")
+    frame.loc[::7, "torque_nm"] = None
+    bad = store / "batch-000003.csv"
+    frame.to_csv(bad, index=False)
+    before = bad.read_bytes()
+
+    _, xcom = run_training(platform, {"rounds": 2})
+    failures = xcom["await_flower_run"]["site_failures"]
+    assert list(failures) == ["plant_c"]
+    assert all("missing values" in problem and "batch-000003.csv" in problem for problem in failures["plant_c"])
+    assert bad.read_bytes() == before  # training never rewrites a site's store
+
+    promotion = xcom["register_and_promote"]
+    assert promotion["version"] == "2"
+    holdout = promotion["holdout"]
+    assert sorted(holdout) == ["plant_a", "plant_b"]
+    # The gate, restated from the evidence the sites computed: at least as good as the champion at every site.
+    promoted = all(s["candidate"]["f1"] >= s["champion"]["f1"] for s in holdout.values())
+    expected = {"champion": "2"} if promoted else {"champion": "1", "challenger": "2"}
+    assert platform.aliases() == expected
+    assert promotion["alias"] == ("champion" if promoted else "challenger")
+
+
+def test_status_reports_sites_runs_and_models(platform):
+    done = platform.mledge("status", "--json", timeout=120)
+    assert done.returncode == 0, done.stderr
+    status = json.loads(done.stdout)
+    assert [(s["site"], s["connected"]) for s in status["sites"]] == [(s, True) for s in SITES]
+    assert status["superlink"]["online_nodes"] == 3
+    assert {r["status"] for r in status["flower_runs"]} == {"finished:completed"}
+    (model,) = [m for m in status["registered_models"] if m["name"] == GLOBAL_MODEL]
+    assert [v["version"] for v in model["versions"]] == ["2", "1"]
+    assert "champion" in model["aliases"]

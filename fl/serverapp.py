@@ -76,6 +76,22 @@ def split_replies(replies: Iterable[Message], sites: dict[int, str]) -> tuple[di
     return ok, failed
 
 
+def name_unknown_nodes(grid: Grid, replies: list[Message], sites: dict[int, str], timeout: float) -> None:
+    """Ask nodes that failed before ever naming themselves which site they are (a query message each).
+
+    Costs nothing when every failing node is already known, which is the common case.
+    """
+    unknown = sorted({r.metadata.src_node_id for r in replies if r.has_error()} - set(sites))
+    if not unknown:
+        return
+    messages = [
+        Message(RecordDict({"config": ConfigRecord({})}), message_type="query", dst_node_id=node) for node in unknown
+    ]
+    for reply in grid.send_and_receive(messages, timeout=timeout):
+        if not reply.has_error() and SITE_KEY in reply.content:
+            sites[reply.metadata.src_node_id] = str(reply.content[SITE_KEY][SITE_KEY])
+
+
 def _require(ok: Mapping[str, Message], failed: Mapping[str, str], minimum: int, what: str) -> None:
     for site, reason in failed.items():
         log.warning("%s: site %s failed: %s", what, site, reason)
@@ -121,7 +137,9 @@ def main(grid: Grid, context: Context) -> None:
         arrays = ArrayRecord(model.state_dict())
         for rnd in range(1, rounds + 1):
             messages = strategy.configure_train(rnd, arrays, train_config, grid)
-            ok, failed = split_replies(grid.send_and_receive(messages, timeout=timeout), sites)
+            replies = list(grid.send_and_receive(messages, timeout=timeout))
+            name_unknown_nodes(grid, replies, sites, timeout)
+            ok, failed = split_replies(replies, sites)
             _record_failures(failures, rnd, "train", failed)
             _require(ok, failed, min_replies, f"round {rnd}")
             log_evaluation(ok, step=rnd - 1)  # the sites scored the model they received
@@ -171,7 +189,9 @@ def _promotion_evidence(
     messages = [
         Message(RecordDict(content), message_type="evaluate", dst_node_id=node) for node in grid.get_node_ids()
     ]
-    ok, failed = split_replies(grid.send_and_receive(messages, timeout=timeout), sites)
+    replies = list(grid.send_and_receive(messages, timeout=timeout))
+    name_unknown_nodes(grid, replies, sites, timeout)
+    ok, failed = split_replies(replies, sites)
     result: dict = {"champion_version": champion_version, "sites": {}, "failed": failed}
     for site, reply in ok.items():
         metrics = reply_metrics(reply)

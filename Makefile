@@ -16,7 +16,7 @@ $(WL)/.installed: requirements-workload.txt pyproject.toml
 	@echo ">> building the workload environment in $(WL) (first time: a few minutes)"
 	$(PYTHON) -m venv $(WL)
 	$(WL)/bin/pip install $(PIP_FLAGS) -r requirements-workload.txt
-	$(WL)/bin/pip install $(PIP_FLAGS) --no-deps --no-build-isolation -e .
+	$(WL)/bin/pip install $(PIP_FLAGS) --no-deps -e .
 	touch $@
 
 # The orchestrator environment: Airflow 3.3 (it cannot share an environment with Flower 1.41).
@@ -24,7 +24,7 @@ $(AF)/.installed: requirements-orchestrator.txt pyproject.toml
 	@echo ">> building the orchestrator environment in $(AF) (first time: a few minutes)"
 	$(PYTHON) -m venv $(AF)
 	$(AF)/bin/pip install $(PIP_FLAGS) -r requirements-orchestrator.txt
-	$(AF)/bin/pip install $(PIP_FLAGS) --no-deps --no-build-isolation -e .
+	$(AF)/bin/pip install $(PIP_FLAGS) --no-deps -e .
 	touch $@
 
 demo: setup ## set up, start the local stack, run federated_training through Airflow, print a summary

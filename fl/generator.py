@@ -48,13 +48,19 @@ class ToolState:
 
     next_udi: int = 1
     tool_wear_min: float = 0.0
-    tool_limit_min: float = 220.0
+    tool_limit_min: float = 0.0  # 0: draw the first tool's limit
 
 
 def _normalised_walk(rng: np.random.Generator, n: int, sd: float) -> np.ndarray:
     walk = np.cumsum(rng.normal(size=n))
     spread = walk.std()
     return (walk - walk.mean()) / (spread if spread > 0 else 1.0) * sd
+
+
+def _tool_limit(rng: np.random.Generator) -> float:
+    # The tool is changed at the first process that reaches its limit, which can overshoot by one process's
+    # wear: drawing up to 240 - 5 + 1 keeps every recorded TWF within AI4I's 200-240 min.
+    return rng.uniform(200.0, 240.0 - max(WEAR_PER_PROCESS.values()) + 1.0)
 
 
 def generate_batch(
@@ -74,7 +80,7 @@ def generate_batch(
     wear = np.empty(n)
     twf = np.zeros(n, dtype=int)
     if state.tool_limit_min <= 0:
-        state.tool_limit_min = rng.uniform(200.0, 240.0)
+        state.tool_limit_min = _tool_limit(rng)
     for i, t in enumerate(types):  # sequential by nature: each process wears the tool in use
         state.tool_wear_min += WEAR_PER_PROCESS[t]
         wear[i] = state.tool_wear_min
@@ -83,7 +89,7 @@ def generate_batch(
             if not preventive and rng.random() < TOOL_FAILURE_SHARE:
                 twf[i] = 1
             state.tool_wear_min = 0.0
-            state.tool_limit_min = rng.uniform(200.0, 240.0)
+            state.tool_limit_min = _tool_limit(rng)
 
     # Failure rules apply to the values as recorded, so that every stored row satisfies them exactly.
     air, process, torque = air.round(1), process.round(1), torque.round(1)

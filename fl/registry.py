@@ -134,9 +134,10 @@ def promote(flower_run_id: str, name: str = GLOBAL_MODEL, metric: str = "f1", ma
             name,
             tags={TAG_FLOWER_RUN: flower_run_id, TAG_DAG_RUN: tags.get(TAG_DAG_RUN, "")},
         )
+    version_id = str(version.version)  # the registry hands versions back as int or str depending on the store
     champion_now = aliases_of(client, name).get(CHAMPION)
     compared = evidence.get("champion_version")
-    if champion_now == version.version:
+    if champion_now == version_id:
         decision = Decision(CHAMPION, "already champion")
     elif champion_now is not None and champion_now != compared:
         decision = Decision(
@@ -146,12 +147,12 @@ def promote(flower_run_id: str, name: str = GLOBAL_MODEL, metric: str = "f1", ma
         champion_scores = site_metric(evidence, "champion", metric) if champion_now else None
         decision = decide_promotion(site_metric(evidence, "candidate", metric), champion_scores, metric, margin)
 
-    client.set_registered_model_alias(name, decision.alias, version.version)
-    client.set_model_version_tag(name, version.version, TAG_DECISION, decision.alias)
-    client.set_model_version_tag(name, version.version, TAG_REASON, decision.reason)
+    client.set_registered_model_alias(name, decision.alias, version_id)
+    client.set_model_version_tag(name, version_id, TAG_DECISION, decision.alias)
+    client.set_model_version_tag(name, version_id, TAG_REASON, decision.reason)
     return {
         "registered_model": name,
-        "version": version.version,
+        "version": version_id,
         "alias": decision.alias,
         "reason": decision.reason,
         "previous_champion": champion_now,

@@ -8,6 +8,7 @@ the run's outcome: the run's status (``finished:completed|failed|stopped``) does
 from __future__ import annotations
 
 import json
+import math
 import subprocess
 import time
 from collections.abc import Callable, Mapping
@@ -69,8 +70,17 @@ def wait_for_nodes(
 
 
 def run_config_arg(values: Mapping[str, object]) -> str:
-    """``--run-config`` syntax: space-separated TOML key=value pairs."""
-    return " ".join(f"{key}={json.dumps(value)}" for key, value in values.items())
+    """``--run-config`` syntax: space-separated TOML key=value pairs; refuses what Flower's parser cannot read."""
+    pairs = []
+    for key, value in values.items():
+        if isinstance(value, float) and not math.isfinite(value):
+            raise ValueError(f"run config {key}={value}: not a finite number")
+        if isinstance(value, str) and ('"' in value or not value.isprintable()):
+            raise ValueError(f"run config {key}={value!r}: quotes and control characters are not allowed")
+        if not isinstance(value, bool | int | float | str):
+            raise ValueError(f"run config {key}={value!r}: only numbers, booleans and strings")
+        pairs.append(f"{key}={json.dumps(value, ensure_ascii=False)}")
+    return " ".join(pairs)
 
 
 def submit_run(

@@ -72,7 +72,11 @@ def split_replies(replies: Iterable[Message], sites: dict[int, str]) -> tuple[di
             continue
         if SITE_KEY in reply.content:
             sites[node] = str(reply.content[SITE_KEY][SITE_KEY])
-        ok[sites.get(node, f"node-{node}")] = reply
+        site = sites.get(node, f"node-{node}")
+        if site in ok:  # two nodes claiming one site: neither speaks for it alone
+            failed[f"{site} (node {node})"] = f"node {node} claims site {site}, which another node already answered for"
+            continue
+        ok[site] = reply
     return ok, failed
 
 

@@ -31,6 +31,12 @@ with DAG(
         "rounds": Param(3, type="integer", minimum=1, maximum=100, description="Federated rounds"),
         "local_epochs": Param(2, type="integer", minimum=1, maximum=50, description="Epochs per round at a site"),
         "learning_rate": Param(0.005, type="number", exclusiveMinimum=0),
+        "strategy": Param(
+            "fedavg",
+            type="string",
+            description="Aggregation rule: fedavg, krum, multikrum, fedmedian, fedtrimmedavg, bulyan, fedqv, "
+            "fedqv-reputation, reputation-residual",
+        ),
         "run_timeout_s": Param(1800, type="integer", minimum=10, description="Limit for the Flower run"),
     },
     tags=["mledge", "axis_failures", "federated"],
@@ -52,6 +58,7 @@ with DAG(
             "--local-epochs", "{{ params.local_epochs }}",
             "--learning-rate", "{{ params.learning_rate }}",
             "--min-nodes", "{{ params.min_clients }}",
+            "--strategy", "{{ params.strategy }}",
             "--dag-run-id", "{{ run_id }}",
         ],
     )

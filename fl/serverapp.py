@@ -1,7 +1,9 @@
 """The ServerApp: federated rounds over the connected sites, logged to MLflow.
 
 Each round sends the global model to every site, which first scores it on its held-out rows and then trains it
-(one message, and so one ClientApp process, per site and round); FedAvg aggregates the weights, and the summed
+(one message, and so one ClientApp process, per site and round); the configured strategy (``strategy`` in the run
+config: FedAvg, Flower's robust rules, FedQV, ReputationResidual; fl/strategies/) validates and aggregates the
+weights, with per-site state kept in the platform database; the summed
 confusion counts give exact federated metrics. Finally every site scores the final model and the registry's
 current champion side by side: the promotion evidence, computed where the data live. The model and all metrics
 go to MLflow; registration and promotion are the DAG's job (fl/registry.py).
@@ -12,13 +14,14 @@ Run config keys are those of fl/flower_app/pyproject.toml.
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import Iterable, Mapping
+from pathlib import Path
 
 import mlflow
 import numpy as np
 from flwr.app import ArrayRecord, ConfigRecord, Context, Message, RecordDict
 from flwr.serverapp import Grid, ServerApp
-from flwr.serverapp.strategy import FedAvg
 
 from fl.clientapp import CHAMPION_KEY, SITE_KEY
 from fl.model import N_FEATURES, Counts, build_model, metrics_from_counts
@@ -31,6 +34,7 @@ from fl.registry import (
     TAG_MODEL_URI,
     load_champion_state,
 )
+from fl.strategies import SiteStateStore, build_strategy
 
 # Child of Flower's logger, so these lines show in `flwr log` with the rest of the run.
 log = logging.getLogger("flwr").getChild("mledge")
@@ -55,6 +59,12 @@ def counts_from(metrics: Mapping[str, float], prefix: str = "") -> Counts | None
 
 def reply_metrics(reply: Message) -> dict[str, float]:
     return dict(next(iter(reply.content.metric_records.values())))
+
+
+def platform_db_url() -> str:
+    """The platform database (strategy state): MLEDGE_PLATFORM_DB_URL, else SQLite under MLEDGE_HOME."""
+    home = Path(os.environ.get("MLEDGE_HOME") or Path.cwd())
+    return os.environ.get("MLEDGE_PLATFORM_DB_URL") or f"sqlite:///{home / 'platform.db'}"
 
 
 def split_replies(replies: Iterable[Message], sites: dict[int, str]) -> tuple[dict[str, Message], dict[str, str]]:
@@ -121,7 +131,8 @@ def main(grid: Grid, context: Context) -> None:
     min_nodes = int(cfg["min-nodes"])
     min_replies = int(cfg["min-replies"])
     timeout = float(cfg["reply-timeout-s"])
-    strategy = FedAvg(min_available_nodes=min_nodes, min_train_nodes=min_nodes, fraction_evaluate=0.0)
+    strategy_name = str(cfg.get("strategy", "fedavg"))
+    strategy = build_strategy(strategy_name, min_nodes=min_nodes, state=SiteStateStore(platform_db_url()))
     train_config = ConfigRecord(
         {"local-epochs": int(cfg["local-epochs"]), "learning-rate": float(cfg["learning-rate"])}
     )
@@ -130,7 +141,7 @@ def main(grid: Grid, context: Context) -> None:
     tags = {
         TAG_FLOWER_RUN: str(context.run_id),
         TAG_DAG_RUN: str(cfg.get("dag-run-id", "")),
-        "mledge.strategy": "fedavg",
+        "mledge.strategy": strategy_name,
     }
     with mlflow.start_run(run_name=f"flower-run-{context.run_id}", tags=tags):
         mlflow.log_params({k: v for k, v in cfg.items() if k != "dag-run-id"})
@@ -147,8 +158,19 @@ def main(grid: Grid, context: Context) -> None:
             _record_failures(failures, rnd, "train", failed)
             _require(ok, failed, min_replies, f"round {rnd}")
             log_evaluation(ok, step=rnd - 1)  # the sites scored the model they received
-            arrays, train_metrics = strategy.aggregate_train(rnd, list(ok.values()))
-            mlflow.log_metric("train_loss", float(train_metrics["train-loss"]), step=rnd)
+            aggregated, train_metrics = strategy.aggregate_train(rnd, list(ok.values()))
+            rejected = dict(strategy.last_rejected)
+            _record_failures(failures, rnd, "rejected update", rejected)
+            if aggregated is None or len(ok) - len(rejected) < min_replies:
+                raise NotEnoughSitesError(
+                    f"round {rnd}: {len(ok) - len(rejected)} usable update(s), {min_replies} needed; "
+                    f"rejected: {rejected}"
+                )
+            arrays = aggregated
+            weights = {f"{site}/aggregation_weight": float(w) for site, w in strategy.last_weights.items()}
+            mlflow.log_metrics(weights, step=rnd)
+            if train_metrics and "train-loss" in train_metrics:
+                mlflow.log_metric("train_loss", float(train_metrics["train-loss"]), step=rnd)
             log.info("round %d: trained at %s", rnd, ", ".join(sorted(ok)))
 
         evidence, ok = _promotion_evidence(grid, arrays, sites, timeout, str(cfg["registered-model"]))

@@ -84,12 +84,17 @@ def cmd_fl_wait_nodes(args: argparse.Namespace, settings: Settings) -> dict:
 
 def cmd_fl_start(args: argparse.Namespace, settings: Settings) -> dict:
     from fl.runs import submit_run
+    from fl.strategies import STRATEGIES
+
+    if args.strategy not in STRATEGIES:  # fail here, not minutes later inside the ServerApp
+        raise ValueError(f"unknown strategy {args.strategy!r}; valid: {', '.join(STRATEGIES)}")
 
     config = {
         "num-server-rounds": args.rounds,
         "local-epochs": args.local_epochs,
         "learning-rate": args.learning_rate,
         "min-nodes": args.min_nodes,
+        "strategy": args.strategy,
         "dag-run-id": args.dag_run_id,
     }
     run_id = submit_run(config, FLWR_CONNECTION, flwr_bin=_flwr_bin(settings))
@@ -189,6 +194,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--local-epochs", type=int, default=2)
     p.add_argument("--learning-rate", type=float, default=0.005)
     p.add_argument("--min-nodes", type=int, default=3)
+    p.add_argument("--strategy", default="fedavg", help="aggregation rule, see `fl/strategies/`")
     p.add_argument("--dag-run-id", default="")
     p = add(fl, "await", cmd_fl_await, "wait for a run's terminal status; fails unless it completed")
     p.add_argument("--run-id", required=True)

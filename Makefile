@@ -7,7 +7,7 @@ WL := $(VENVS)/workload
 AF := $(VENVS)/orchestrator
 PIP_FLAGS := --quiet --disable-pip-version-check
 
-.PHONY: setup demo down status test test-unit test-dags test-e2e lint lock clean
+.PHONY: setup demo demo-attack down status test test-unit test-dags test-e2e lint lock clean
 
 setup: $(WL)/.installed $(AF)/.installed ## build both environments from the lock files
 
@@ -56,3 +56,6 @@ lock: ## regenerate both lock files from the environments as they are
 
 clean: down ## remove local state (data, databases, logs) but keep the environments
 	rm -rf .state .test-state
+
+demo-attack: setup ## plant_c poisons its updates: FedAvg and FedQV + reputation side by side
+	$(WL)/bin/mledge demo --attack

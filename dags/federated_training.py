@@ -37,6 +37,16 @@ with DAG(
             description="Aggregation rule: fedavg, krum, multikrum, fedmedian, fedtrimmedavg, bulyan, fedqv, "
             "fedqv-reputation, reputation-residual",
         ),
+        "attack_site": Param(
+            "",
+            type="string",
+            description="Simulation only: a site that poisons its updates in this run (empty: none)",
+        ),
+        "attack_profile": Param(
+            "",
+            type="string",
+            description="Simulation only: that site's attack, e.g. attack='scaling' attack-scale=10 (fl/attacks.py)",
+        ),
         "run_timeout_s": Param(1800, type="integer", minimum=10, description="Limit for the Flower run"),
     },
     tags=["mledge", "axis_failures", "federated"],
@@ -59,6 +69,8 @@ with DAG(
             "--learning-rate", "{{ params.learning_rate }}",
             "--min-nodes", "{{ params.min_clients }}",
             "--strategy", "{{ params.strategy }}",
+            "--attack-site", "{{ params.attack_site }}",
+            "--attack-profile", "{{ params.attack_profile }}",
             "--dag-run-id", "{{ run_id }}",
         ],
     )

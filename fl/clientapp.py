@@ -2,6 +2,10 @@
 
 Node config (set when the SuperNode starts): ``site`` (its stable name) and ``data-dir`` (its own store).
 Rows never leave this process; replies carry model weights, example counts and confusion counts only.
+
+Attack simulation (fl/attacks.py), off unless configured: a node config with ``attack=...`` keys makes this node
+malicious; for demonstrations, a run config naming this site in ``attack-site`` applies ``attack-profile`` (the
+same syntax) for that run only.
 """
 
 from __future__ import annotations
@@ -9,10 +13,12 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+import torch
 from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
-from fl.model import Counts, build_model, evaluate, features, labels, train_local
+from fl.attacks import AttackProfile, Trigger, attack_arrays, attack_data, reported_examples
+from fl.model import N_FEATURES, Counts, build_model, evaluate, features, labels, train_local
 from fl.store import SiteDataError, is_held_out, load_site_data
 
 app = ClientApp()
@@ -40,6 +46,20 @@ def site_split(context: Context) -> tuple[str, tuple[np.ndarray, np.ndarray], tu
     if train.empty or test.empty:
         raise SiteDataError(site, f"too few rows to train and evaluate ({len(frame)})", Path(str(data_dir)))
     return site, (features(train), labels(train)), (features(test), labels(test))
+
+
+# Backdoor trigger for axis data: an impossible, far out-of-range value of the last engineered feature.
+AXIS_TRIGGER = Trigger((N_FEATURES - 1,), 25.0)
+
+
+def attack_profile(context: Context, site: str) -> AttackProfile:
+    """This node's attack: its own node config first, else a run-config simulation that names its site."""
+    own = AttackProfile.from_node_config(context.node_config)
+    if not own.is_off:
+        return own
+    if str(context.run_config.get("attack-site", "")) == site:
+        return AttackProfile.parse(str(context.run_config.get("attack-profile", "")))
+    return own
 
 
 def counts_record(counts: Counts, prefix: str = "") -> dict[str, float]:
@@ -76,20 +96,22 @@ def train(msg: Message, context: Context) -> Message:
     without a separate evaluate message per round: each message costs a ClientApp process start.
     """
     site, (x, y), (x_test, y_test) = site_split(context)
+    profile = attack_profile(context, site)
     config = msg.content["config"]
+    server_round = int(config.get("server-round", 0))
     model = _model_from(msg.content["arrays"])
     values: dict[str, float] = counts_record(evaluate(model, x_test, y_test))
     values["eval-examples"] = len(y_test)
+    received = {k: v.detach().numpy().copy() for k, v in model.state_dict().items()}
+    x, y = attack_data(profile, x, y, n_classes=2, trigger=AXIS_TRIGGER)
     values["train-loss"] = train_local(
-        model,
-        x,
-        y,
-        epochs=int(config["local-epochs"]),
-        lr=float(config["learning-rate"]),
-        seed=int(config.get("server-round", 0)),
+        model, x, y, epochs=int(config["local-epochs"]), lr=float(config["learning-rate"]), seed=server_round
     )
-    values["num-examples"] = len(y)
-    content = {"arrays": ArrayRecord(model.state_dict()), "metrics": MetricRecord(values), SITE_KEY: _site_record(site)}
+    values["num-examples"] = reported_examples(profile, len(y))
+    trained = {k: v.detach().numpy() for k, v in model.state_dict().items()}
+    sent = attack_arrays(profile, received, trained, seed=server_round)
+    arrays = ArrayRecord({k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in sent.items()})
+    content = {"arrays": arrays, "metrics": MetricRecord(values), SITE_KEY: _site_record(site)}
     return Message(RecordDict(content), reply_to=msg)
 
 

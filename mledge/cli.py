@@ -88,6 +88,10 @@ def cmd_fl_start(args: argparse.Namespace, settings: Settings) -> dict:
 
     if args.strategy not in STRATEGIES:  # fail here, not minutes later inside the ServerApp
         raise ValueError(f"unknown strategy {args.strategy!r}; valid: {', '.join(STRATEGIES)}")
+    if args.attack_site:
+        from fl.attacks import AttackProfile
+
+        AttackProfile.parse(args.attack_profile)  # a bad profile is named now, not by a failing ClientApp
 
     config = {
         "num-server-rounds": args.rounds,
@@ -95,6 +99,8 @@ def cmd_fl_start(args: argparse.Namespace, settings: Settings) -> dict:
         "learning-rate": args.learning_rate,
         "min-nodes": args.min_nodes,
         "strategy": args.strategy,
+        "attack-site": args.attack_site,
+        "attack-profile": args.attack_profile,
         "dag-run-id": args.dag_run_id,
     }
     run_id = submit_run(config, FLWR_CONNECTION, flwr_bin=_flwr_bin(settings))
@@ -158,6 +164,10 @@ def cmd_status(args: argparse.Namespace, settings: Settings) -> dict:
 def cmd_demo(args: argparse.Namespace, settings: Settings) -> dict:
     from mledge.demo import run_demo
 
+    if args.attack:
+        from mledge.demo import run_attack_demo
+
+        return run_attack_demo(settings, rounds=args.rounds, timeout=args.timeout, profile=args.attack)
     return run_demo(settings, rounds=args.rounds, timeout=args.timeout)
 
 
@@ -195,6 +205,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--learning-rate", type=float, default=0.005)
     p.add_argument("--min-nodes", type=int, default=3)
     p.add_argument("--strategy", default="fedavg", help="aggregation rule, see `fl/strategies/`")
+    p.add_argument("--attack-site", default="", help="simulation: the site that attacks in this run")
+    p.add_argument("--attack-profile", default="", help="simulation: its attack, e.g. \"attack='scaling'\"")
     p.add_argument("--dag-run-id", default="")
     p = add(fl, "await", cmd_fl_await, "wait for a run's terminal status; fails unless it completed")
     p.add_argument("--run-id", required=True)
@@ -211,6 +223,13 @@ def build_parser() -> argparse.ArgumentParser:
     p = add(commands, "demo", cmd_demo, "start the stack, run federated_training through Airflow, summarise")
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--timeout", type=float, default=1200)
+    p.add_argument(
+        "--attack",
+        nargs="?",
+        const="attack='scaling' attack-scale=10",
+        default=None,
+        help="rerun with plant_c poisoning, once with FedAvg and once with FedQV + reputation, and compare",
+    )
     return parser
 
 

@@ -87,6 +87,27 @@ def print_summary(settings: Settings, facts: dict[str, Any]) -> None:
     print("Stop it all  make down")
 
 
+def run_attack_demo(settings: Settings, rounds: int, timeout: float, profile: str) -> dict[str, Any]:
+    """plant_c poisons its updates; the same run with FedAvg and with FedQV + reputation, side by side."""
+    init_site_data(settings, batches=3)
+    stack.up(settings, say=print)
+    results = {}
+    for strategy in ("fedavg", "fedqv-reputation"):
+        conf = {"rounds": rounds, "strategy": strategy, "attack_site": "plant_c", "attack_profile": profile}
+        results[strategy] = trigger_training(settings, conf, timeout)
+    print(f"\nplant_c attacks with: {profile}")
+    print("  strategy           dag run state  final accuracy  recall(failure)  f1(failure)  MLflow run")
+    for strategy, facts in results.items():
+        mlflow_run = (facts.get("flower_result") or {}).get("mlflow_run_id")
+        final = round_metrics(mlflow_run).get(rounds, {}) if mlflow_run else {}
+        print(
+            f"  {strategy:<18} {facts['state']:<14} {final.get('eval_accuracy', float('nan')):14.4f}"
+            f"  {final.get('eval_recall', float('nan')):15.4f}  {final.get('eval_f1', float('nan')):11.4f}"
+            f"  {mlflow_run_url(settings, mlflow_run) if mlflow_run else '-'}"
+        )
+    return results
+
+
 def run_demo(settings: Settings, rounds: int, timeout: float) -> dict[str, Any]:
     started = time.monotonic()
     init_site_data(settings, batches=3)

@@ -197,3 +197,40 @@ def test_a_site_reads_only_its_own_store(make_store, instruction):
     make_store("plant_b", batches=1, rows=300)
     reply = clientapp.train(instruction(train_content(build_model()), 7, "train"), site_context(store_a, "plant_a"))
     assert reply.content["metrics"]["num-examples"] + reply.content["metrics"]["eval-examples"] == 100
+
+
+def _train_state(store, instruction, node_config, run_config=None, model_seed=3):
+    sent = build_model(seed=model_seed)
+    msg = instruction(train_content(sent), node_id=7, message_type="train")
+    context = Context(run_id=42, node_id=7, node_config=node_config, state=RecordDict(), run_config=run_config or {})
+    reply = clientapp.train(msg, context)
+    return sent.state_dict(), reply.content["arrays"].to_torch_state_dict(), reply.content["metrics"]
+
+
+def test_a_scaling_attacker_sends_its_update_boosted(plant_a_store, instruction):
+    honest_config = {"site": "plant_a", "data-dir": str(plant_a_store)}
+    received, honest, _ = _train_state(plant_a_store, instruction, honest_config)
+    evil_config = {**honest_config, "attack": "scaling", "attack-scale": 10.0, "attack-samples-factor": 5.0}
+    _, boosted, metrics = _train_state(plant_a_store, instruction, evil_config)
+    for key, start in received.items():
+        expected = start + 10.0 * (honest[key] - start)  # same seed and data: the honest update, ten times
+        assert torch.allclose(boosted[key], expected, atol=1e-4), key
+    assert metrics["num-examples"] == 5 * 1600  # and it lies about its sample count
+
+
+def test_a_run_config_simulation_poisons_only_the_named_site(plant_a_store, instruction):
+    node_config = {"site": "plant_a", "data-dir": str(plant_a_store)}
+    received, honest, _ = _train_state(plant_a_store, instruction, node_config)
+    flip = {"attack-site": "plant_a", "attack-profile": "attack='sign-flip'"}
+    _, flipped, _ = _train_state(plant_a_store, instruction, node_config, run_config=flip)
+    for key, start in received.items():
+        assert torch.allclose(flipped[key], start - (honest[key] - start), atol=1e-4), key
+    elsewhere = {"attack-site": "plant_b", "attack-profile": "attack='sign-flip'"}
+    _, untouched, _ = _train_state(plant_a_store, instruction, node_config, run_config=elsewhere)
+    assert all(torch.equal(untouched[k], honest[k]) for k in honest)
+
+
+def test_an_attack_that_needs_other_sites_updates_fails_clearly_on_a_real_node(plant_a_store, instruction):
+    node_config = {"site": "plant_a", "data-dir": str(plant_a_store), "attack": "alie"}
+    with pytest.raises(ValueError, match="honest updates"):
+        _train_state(plant_a_store, instruction, node_config)

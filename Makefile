@@ -7,7 +7,7 @@ WL := $(VENVS)/workload
 AF := $(VENVS)/orchestrator
 PIP_FLAGS := --quiet --disable-pip-version-check
 
-.PHONY: setup demo demo-attack down status test test-unit test-dags test-e2e lint lock clean
+.PHONY: setup demo demo-attack down status bench bench-robust bench-speed test test-unit test-dags test-e2e lint lock clean
 
 setup: $(WL)/.installed $(AF)/.installed ## build both environments from the lock files
 
@@ -59,3 +59,11 @@ clean: down ## remove local state (data, databases, logs) but keep the environme
 
 demo-attack: setup ## plant_c poisons its updates: FedAvg and FedQV + reputation side by side
 	$(WL)/bin/mledge demo --attack
+
+bench: bench-robust bench-speed ## every benchmark; results as JSON (and markdown) under bench/results/
+
+bench-robust: setup ## strategies x attacks x malicious fractions on digits, breast_cancer, axis_failures
+	$(WL)/bin/python -m bench.robust
+
+bench-speed: setup ## one aggregate_train per strategy against a NumPy weighted mean, n x d grid
+	$(WL)/bin/python -m bench.aggregation_speed

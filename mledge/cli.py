@@ -226,7 +226,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--attack",
         nargs="?",
-        const="attack='scaling' attack-scale=10",
+        const="attack='label-flip'",
         default=None,
         help="rerun with plant_c poisoning, once with FedAvg and once with FedQV + reputation, and compare",
     )

@@ -1,0 +1,1 @@
+"""Benchmarks (not tests): ``python -m bench.robust`` and ``python -m bench.aggregation_speed``."""

@@ -312,20 +312,7 @@ def run(settings: Settings, on_result: Callable[[list[dict]], None] = lambda res
                 if contender.make is None:
                     yardstick = seconds
                 results.append(
-                    {
-                        "n_clients": n,
-                        "parameters": d,
-                        "contender": contender.label,
-                        "rule": contender.name,
-                        "implementation": contender.implementation,
-                        "gc_frozen": contender.gc_frozen,
-                        "seconds": seconds,
-                        "repeats": len(times),
-                        "all_seconds": [round(t, 6) for t in times],
-                        "ratio_to_numpy_mean": seconds / yardstick if yardstick else None,
-                        "device": device if contender.implementation == "ours" else "cpu",
-                        "skipped": None,
-                    }
+                    _result(contender, n, d, device, seconds=seconds, times=times, yardstick=yardstick)
                 )
                 on_result(results)
                 log.info(
@@ -354,7 +341,19 @@ def _reason_to_skip(
     return None
 
 
-def _skipped(contender: Contender, n: int, d: int, reason: str, device: str) -> dict:
+def _result(
+    contender: Contender,
+    n: int,
+    d: int,
+    device: str,
+    *,
+    seconds: float | None = None,
+    times: list[float] | None = None,
+    yardstick: float | None = None,
+    skipped: str | None = None,
+) -> dict:
+    """One cell of the results: a measurement, or the reason it was skipped."""
+    times = times or []
     return {
         "n_clients": n,
         "parameters": d,
@@ -362,13 +361,17 @@ def _skipped(contender: Contender, n: int, d: int, reason: str, device: str) -> 
         "rule": contender.name,
         "implementation": contender.implementation,
         "gc_frozen": contender.gc_frozen,
-        "seconds": None,
-        "repeats": 0,
-        "all_seconds": [],
-        "ratio_to_numpy_mean": None,
+        "seconds": seconds,
+        "repeats": len(times),
+        "all_seconds": [round(t, 6) for t in times],
+        "ratio_to_numpy_mean": seconds / yardstick if seconds is not None and yardstick else None,
         "device": device if contender.implementation == "ours" else "cpu",
-        "skipped": reason,
+        "skipped": skipped,
     }
+
+
+def _skipped(contender: Contender, n: int, d: int, reason: str, device: str) -> dict:
+    return _result(contender, n, d, device, skipped=reason)
 
 
 def _device() -> str:

@@ -62,8 +62,9 @@ demo-attack: setup ## plant_c poisons its updates: FedAvg and FedQV + reputation
 
 bench: bench-robust bench-speed ## every benchmark; results as JSON (and markdown) under bench/results/
 
-bench-robust: setup ## strategies x attacks x malicious fractions on digits, breast_cancer, axis_failures
+bench-robust: setup ## robustness grid (strategies x attacks x fractions) and aggregation speed: both JSON files
 	$(WL)/bin/python -m bench.robust
+	$(WL)/bin/python -m bench.aggregation_speed
 
 bench-speed: setup ## one aggregate_train per strategy against a NumPy weighted mean, n x d grid
 	$(WL)/bin/python -m bench.aggregation_speed

@@ -13,18 +13,21 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import torch
 from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
 from fl.attacks import AttackProfile, Trigger, attack_arrays, attack_data, reported_examples
 from fl.model import N_FEATURES, Counts, build_model, evaluate, features, labels, train_local
-from fl.store import SiteDataError, is_held_out, load_site_data
+from fl.store import SiteDataError, batch_paths, is_held_out, read_batch
 
 app = ClientApp()
 
 SITE_KEY = "site"
 CHAMPION_KEY = "champion"
+SITE_CHAMPION_KEY = "site-champion"
+WINDOW_KEY = "window"
 
 
 def site_of(context: Context) -> str:
@@ -34,18 +37,43 @@ def site_of(context: Context) -> str:
     return site
 
 
-def site_split(context: Context) -> tuple[str, tuple[np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray]]:
-    """(site, (x, y) for training, (x, y) held out) from the site's own store."""
-    site = site_of(context)
+def _data_dir(context: Context, site: str) -> Path:
     data_dir = context.node_config.get("data-dir")
     if not data_dir:
         raise SiteDataError(site, "this SuperNode has no 'data-dir' in its --node-config")
-    frame = load_site_data(Path(str(data_dir)), site)
+    return Path(str(data_dir))
+
+
+def window_name(paths: list[Path]) -> str:
+    """A batch window as lineage shows it: ``batch-000001:batch-000007``."""
+    return f"{paths[0].stem}:{paths[-1].stem}"
+
+
+def load_window(context: Context, site: str, last: int | None = None) -> tuple[pd.DataFrame, str]:
+    """The site's accepted batches (only the ``last`` ones when given), validated, and the window's name."""
+    store = _data_dir(context, site)
+    paths = batch_paths(store)
+    if not paths:
+        raise SiteDataError(site, "store is empty: no batches", store / "batches")
+    if last:
+        paths = paths[-last:]
+    return pd.concat([read_batch(site, p) for p in paths], ignore_index=True), window_name(paths)
+
+
+def split(site: str, frame: pd.DataFrame) -> tuple[tuple[np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray]]:
+    """((x, y) for training, (x, y) held out): held-out rows are every fifth UDI, the same in every run."""
     held = is_held_out(frame).to_numpy()
     train, test = frame[~held], frame[held]
     if train.empty or test.empty:
-        raise SiteDataError(site, f"too few rows to train and evaluate ({len(frame)})", Path(str(data_dir)))
-    return site, (features(train), labels(train)), (features(test), labels(test))
+        raise SiteDataError(site, f"too few rows to train and evaluate ({len(frame)})")
+    return (features(train), labels(train)), (features(test), labels(test))
+
+
+def site_split(context: Context) -> tuple[str, tuple[np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray]]:
+    """(site, (x, y) for training, (x, y) held out) from the site's own store."""
+    site = site_of(context)
+    frame, _ = load_window(context, site)
+    return site, *split(site, frame)
 
 
 # Backdoor trigger for axis data: an impossible, far out-of-range value of the last engineered feature.
@@ -124,3 +152,43 @@ def evaluate_held_out(msg: Message, context: Context) -> Message:
     if CHAMPION_KEY in msg.content:
         values.update(counts_record(evaluate(_model_from(msg.content[CHAMPION_KEY]), x, y), prefix="champion-"))
     return Message(RecordDict({"metrics": MetricRecord(values), SITE_KEY: _site_record(site)}), reply_to=msg)
+
+
+@app.train("finalise")
+def finalise(msg: Message, context: Context) -> Message:
+    """The run's last message to a site: promotion evidence for the global model, and the site's own model.
+
+    1. Score the final global model and the global champion (when sent) on all held-out rows.
+    2. Personalise: fine-tune the global model on the site's recent batches (``recent-batches``), then score it,
+       the global model and the site's current champion (when sent) on the recent held-out rows.
+    The personalised weights go back to the server for the registry; rows stay here.
+    """
+    site = site_of(context)
+    config = msg.content["config"]
+    everything, window = load_window(context, site)
+    _, (x_test, y_test) = split(site, everything)
+    glob = _model_from(msg.content["arrays"])
+    values: dict[str, float] = {"num-examples": len(y_test)}
+    values.update(counts_record(evaluate(glob, x_test, y_test)))
+    if CHAMPION_KEY in msg.content:
+        values.update(counts_record(evaluate(_model_from(msg.content[CHAMPION_KEY]), x_test, y_test), "champion-"))
+
+    recent_frame, recent_window = load_window(context, site, last=int(config["recent-batches"]))
+    (x, y), (x_recent, y_recent) = split(site, recent_frame)
+    values["recent-examples"] = len(y_recent)
+    values.update(counts_record(evaluate(glob, x_recent, y_recent), "recent-global-"))
+    if SITE_CHAMPION_KEY in msg.content:
+        site_champion = _model_from(msg.content[SITE_CHAMPION_KEY])
+        values.update(counts_record(evaluate(site_champion, x_recent, y_recent), "site-champion-"))
+    personal = _model_from(msg.content["arrays"])
+    values["personal-train-loss"] = train_local(
+        personal, x, y, epochs=int(config["personal-epochs"]), lr=float(config["learning-rate"]), seed=0
+    )
+    values.update(counts_record(evaluate(personal, x_recent, y_recent), "personal-"))
+    content = {
+        "arrays": ArrayRecord(personal.state_dict()),
+        "metrics": MetricRecord(values),
+        SITE_KEY: _site_record(site),
+        WINDOW_KEY: ConfigRecord({"data": window, "recent": recent_window}),
+    }
+    return Message(RecordDict(content), reply_to=msg)

@@ -4,6 +4,12 @@ The ServerApp logs a run and its model; ``promote`` (called by the DAG) register
 ``global-axis_failures-federated`` and gives it alias ``champion`` only if, on every site's held-out rows, it is
 at least as good as the current champion; otherwise alias ``challenger``. The comparison itself was computed at
 the sites during the run (``promotion/evidence.json``): this module only reads the numbers.
+
+Each site's personalised model (the global model fine-tuned on the site's recent batches) becomes a version of
+``<site>-axis_failures-federated`` and takes ``champion`` only if it beats that model's current champion on the
+site's recent held-out rows by ``site_margin``. Every version carries its lineage as tags: DAG run, Flower run,
+strategy, data window per site, and the drift alerts that triggered the training. ``rollback`` moves
+``champion`` back to the version that was champion before.
 """
 
 from __future__ import annotations
@@ -26,6 +32,26 @@ TAG_MODEL_URI = "mledge.model_uri"
 TAG_FAILED_SITES = "mledge.failed_sites"
 TAG_DECISION = "mledge.promotion"
 TAG_REASON = "mledge.promotion_reason"
+TAG_STRATEGY = "mledge.strategy"
+TAG_DRIFT_ALERTS = "mledge.drift_alerts"
+TAG_PREVIOUS_CHAMPION = "mledge.previous_champion"
+TAG_SITE = "mledge.site"
+ROLLED_BACK = "rolled_back"
+
+
+def site_model_name(site: str) -> str:
+    """The registered model of one site's personalised model, e.g. ``plant_a-axis_failures-federated``."""
+    return f"{site}-{USE_CASE}-federated"
+
+
+def site_model_tag(site: str) -> str:
+    """The run tag holding the logged URI of a site's personalised model."""
+    return f"mledge.site_model_uri.{site}"
+
+
+def data_window_tag(site: str) -> str:
+    """The version tag naming the batches of ``site`` a model was trained on (``batch-000001:batch-000007``)."""
+    return f"mledge.data_window.{site}"
 
 # Which held-out metric decides, and whether higher is better.
 GATE_METRICS = {"f1": True, "recall": True, "accuracy": True, "loss": False}
@@ -116,49 +142,137 @@ def find_run(client: Any, flower_run_id: str, experiment: str = EXPERIMENT) -> A
     return runs[0]
 
 
-def promote(flower_run_id: str, name: str = GLOBAL_MODEL, metric: str = "f1", margin: float = 0.0) -> dict:
-    """Register the model of a Flower run and move the aliases by the gate; returns what was done."""
+def _register(client: Any, name: str, model_uri: str, run_id: str, tags: Mapping[str, str]) -> str:
+    """Register ``model_uri`` once per (model, run): a retried task finds the version it made before."""
+    import mlflow
+
+    existing = client.search_model_versions(f"name = '{name}' and run_id = '{run_id}'")
+    if existing:
+        return str(existing[0].version)  # the registry hands versions back as int or str depending on the store
+    return str(mlflow.register_model(model_uri, name, tags=dict(tags)).version)
+
+
+def _apply(client: Any, name: str, version: str, decision: Decision, champion_now: str | None) -> None:
+    if decision.alias == CHAMPION and champion_now and champion_now != version:
+        client.set_model_version_tag(name, version, TAG_PREVIOUS_CHAMPION, champion_now)
+    client.set_registered_model_alias(name, decision.alias, version)
+    client.set_model_version_tag(name, version, TAG_DECISION, decision.alias)
+    client.set_model_version_tag(name, version, TAG_REASON, decision.reason)
+
+
+def _gate(
+    version: str,
+    champion_now: str | None,
+    compared: str | None,
+    candidate: Mapping[str, float],
+    champion: Mapping[str, float] | None,
+    metric: str,
+    margin: float,
+) -> Decision:
+    if champion_now == version:
+        return Decision(CHAMPION, "already champion")
+    if champion_now is not None and champion_now != compared:
+        return Decision(
+            CHALLENGER, f"the champion moved to version {champion_now} after this run compared against {compared}"
+        )
+    return decide_promotion(candidate, champion if champion_now else None, metric, margin)
+
+
+def promote(
+    flower_run_id: str,
+    name: str = GLOBAL_MODEL,
+    metric: str = "f1",
+    margin: float = 0.0,
+    site_margin: float = 0.0,
+    drift_alerts: str = "",
+) -> dict:
+    """Register the global and per-site models of a Flower run and move the aliases by the gates."""
     import mlflow
 
     client = mlflow.MlflowClient()
     run = find_run(client, flower_run_id)
     tags = run.data.tags
     evidence = mlflow.artifacts.load_dict(f"{run.info.artifact_uri}/{EVIDENCE_PATH}")
+    sites = evidence.get("sites", {})
+    lineage = {
+        TAG_FLOWER_RUN: flower_run_id,
+        TAG_DAG_RUN: tags.get(TAG_DAG_RUN, ""),
+        TAG_STRATEGY: tags.get(TAG_STRATEGY, ""),
+        TAG_DRIFT_ALERTS: drift_alerts or "none",
+    }
 
-    existing = client.search_model_versions(f"name = '{name}' and run_id = '{run.info.run_id}'")
-    if existing:  # a retried task must not register the same model twice
-        version = existing[0]
-    else:
-        version = mlflow.register_model(
-            tags[TAG_MODEL_URI],
-            name,
-            tags={TAG_FLOWER_RUN: flower_run_id, TAG_DAG_RUN: tags.get(TAG_DAG_RUN, "")},
-        )
-    version_id = str(version.version)  # the registry hands versions back as int or str depending on the store
+    global_tags = {**lineage, **{data_window_tag(s): e["data_window"] for s, e in sites.items() if "data_window" in e}}
+    version = _register(client, name, tags[TAG_MODEL_URI], run.info.run_id, global_tags)
     champion_now = aliases_of(client, name).get(CHAMPION)
-    compared = evidence.get("champion_version")
-    if champion_now == version_id:
-        decision = Decision(CHAMPION, "already champion")
-    elif champion_now is not None and champion_now != compared:
-        decision = Decision(
-            CHALLENGER, f"the champion moved to version {champion_now} after this run compared against {compared}"
-        )
-    else:
-        champion_scores = site_metric(evidence, "champion", metric) if champion_now else None
-        decision = decide_promotion(site_metric(evidence, "candidate", metric), champion_scores, metric, margin)
+    decision = _gate(
+        version,
+        champion_now,
+        evidence.get("champion_version"),
+        site_metric(evidence, "candidate", metric),
+        site_metric(evidence, "champion", metric),
+        metric,
+        margin,
+    )
+    _apply(client, name, version, decision, champion_now)
 
-    client.set_registered_model_alias(name, decision.alias, version_id)
-    client.set_model_version_tag(name, version_id, TAG_DECISION, decision.alias)
-    client.set_model_version_tag(name, version_id, TAG_REASON, decision.reason)
+    site_results = {}
+    for site, entry in sorted(sites.items()):
+        uri = tags.get(site_model_tag(site))
+        if not uri or not entry.get("personal"):
+            continue
+        site_name = site_model_name(site)
+        site_tags = {**lineage, TAG_SITE: site, data_window_tag(site): entry["recent_window"]}
+        site_version = _register(client, site_name, uri, run.info.run_id, site_tags)
+        site_champion_now = aliases_of(client, site_name).get(CHAMPION)
+        site_decision = _gate(
+            site_version,
+            site_champion_now,
+            entry.get("site_champion_version"),
+            {site: float(entry["personal"][metric])},
+            {site: float(entry["site_champion"][metric])} if entry.get("site_champion") else {},
+            metric,
+            site_margin,
+        )
+        _apply(client, site_name, site_version, site_decision, site_champion_now)
+        site_results[site] = {
+            "registered_model": site_name,
+            "version": site_version,
+            "alias": site_decision.alias,
+            "reason": site_decision.reason,
+            "previous_champion": site_champion_now,
+            "data_window": entry["recent_window"],
+        }
+
     return {
         "registered_model": name,
-        "version": version_id,
+        "version": version,
         "alias": decision.alias,
         "reason": decision.reason,
         "previous_champion": champion_now,
         "mlflow_run_id": run.info.run_id,
         "flower_run_id": flower_run_id,
         "dag_run_id": tags.get(TAG_DAG_RUN, ""),
-        "holdout": evidence.get("sites", {}),
+        "strategy": tags.get(TAG_STRATEGY, ""),
+        "drift_alerts": drift_alerts,
+        "holdout": sites,
+        "site_models": site_results,
         "failures": evidence.get("failures", {}),
     }
+
+
+def rollback(name: str) -> dict:
+    """Move ``champion`` of a registered model back to the version that was champion before the current one."""
+    import mlflow
+
+    client = mlflow.MlflowClient()
+    current = aliases_of(client, name).get(CHAMPION)
+    if current is None:
+        raise LookupError(f"registered model {name!r} has no champion to roll back")
+    previous = client.get_model_version(name, current).tags.get(TAG_PREVIOUS_CHAMPION)
+    if not previous:
+        raise LookupError(f"{name} version {current} records no previous champion: nothing to roll back to")
+    client.set_registered_model_alias(name, CHAMPION, previous)
+    client.set_registered_model_alias(name, CHALLENGER, current)
+    client.set_model_version_tag(name, current, TAG_DECISION, ROLLED_BACK)
+    client.set_model_version_tag(name, current, TAG_REASON, f"rolled back: champion returned to version {previous}")
+    return {"registered_model": name, "champion": previous, "rolled_back": current}

@@ -5,7 +5,8 @@ Each round sends the global model to every site, which first scores it on its he
 config: FedAvg, Flower's robust rules, FedQV, ReputationResidual; fl/strategies/) validates and aggregates the
 weights, with per-site state kept in the platform database; the summed
 confusion counts give exact federated metrics. Finally every site scores the final model and the registry's
-current champion side by side: the promotion evidence, computed where the data live. The model and all metrics
+current champion side by side (the promotion evidence, computed where the data live) and fine-tunes the final
+model on its recent batches: its personalised model, scored against the site's own champion. The model and all metrics
 go to MLflow; registration and promotion are the DAG's job (fl/registry.py).
 
 Run config keys are those of fl/flower_app/pyproject.toml.
@@ -23,7 +24,7 @@ import numpy as np
 from flwr.app import ArrayRecord, ConfigRecord, Context, Message, RecordDict
 from flwr.serverapp import Grid, ServerApp
 
-from fl.clientapp import CHAMPION_KEY, SITE_KEY
+from fl.clientapp import CHAMPION_KEY, SITE_CHAMPION_KEY, SITE_KEY, WINDOW_KEY
 from fl.model import N_FEATURES, Counts, build_model, metrics_from_counts
 from fl.registry import (
     EVIDENCE_PATH,
@@ -32,13 +33,19 @@ from fl.registry import (
     TAG_FAILED_SITES,
     TAG_FLOWER_RUN,
     TAG_MODEL_URI,
+    TAG_STRATEGY,
     load_champion_state,
+    site_model_name,
+    site_model_tag,
 )
 from fl.strategies import SiteStateStore, build_strategy
 
 # Child of Flower's logger, so these lines show in `flwr log` with the rest of the run.
 log = logging.getLogger("flwr").getChild("mledge")
 app = ServerApp()
+# A synthetic input example (the server holds no site data, and must not); two rows keep the batch size free.
+_INPUT_EXAMPLE = np.zeros((2, N_FEATURES), dtype=np.float32)
+_PIP = ["torch==2.13.0"]
 
 
 class NotEnoughSitesError(RuntimeError):
@@ -141,7 +148,7 @@ def main(grid: Grid, context: Context) -> None:
     tags = {
         TAG_FLOWER_RUN: str(context.run_id),
         TAG_DAG_RUN: str(cfg.get("dag-run-id", "")),
-        "mledge.strategy": strategy_name,
+        TAG_STRATEGY: strategy_name,
     }
     with mlflow.start_run(run_name=f"flower-run-{context.run_id}", tags=tags):
         mlflow.log_params({k: v for k, v in cfg.items() if k != "dag-run-id"})
@@ -173,17 +180,31 @@ def main(grid: Grid, context: Context) -> None:
                 mlflow.log_metric("train_loss", float(train_metrics["train-loss"]), step=rnd)
             log.info("round %d: trained at %s", rnd, ", ".join(sorted(ok)))
 
-        evidence, ok = _promotion_evidence(grid, arrays, sites, timeout, str(cfg["registered-model"]))
+        finalise_config = ConfigRecord(
+            {
+                "learning-rate": float(cfg["learning-rate"]),
+                "personal-epochs": int(cfg.get("personal-epochs", 2)),
+                "recent-batches": int(cfg.get("recent-batches", 3)),
+            }
+        )
+        evidence, ok = _finalise(grid, arrays, sites, timeout, str(cfg["registered-model"]), finalise_config)
         _record_failures(failures, rounds + 1, "final evaluation", evidence.pop("failed"))
         if ok:
             log_evaluation(ok, step=rounds)
         evidence["failures"] = failures
-        mlflow.log_dict(evidence, EVIDENCE_PATH)
-        mlflow.log_dict(sites, "sites.json")
         for site, entry in evidence["sites"].items():
             mlflow.log_metrics({f"holdout/{site}/candidate_{k}": v for k, v in entry["candidate"].items()})
             if entry["champion"]:
                 mlflow.log_metrics({f"holdout/{site}/champion_{k}": v for k, v in entry["champion"].items()})
+            mlflow.log_metrics({f"recent/{site}/personal_{k}": v for k, v in entry["personal"].items()})
+            personal = build_model()
+            personal.load_state_dict(ok[site].content["arrays"].to_torch_state_dict())
+            info = mlflow.pytorch.log_model(
+                personal, name=f"site-{site}", input_example=_INPUT_EXAMPLE, pip_requirements=_PIP
+            )
+            mlflow.set_tag(site_model_tag(site), info.model_uri)
+        mlflow.log_dict(evidence, EVIDENCE_PATH)
+        mlflow.log_dict(sites, "sites.json")
         if failures:
             mlflow.set_tag(TAG_FAILED_SITES, ",".join(sorted(failures)))
 
@@ -191,9 +212,8 @@ def main(grid: Grid, context: Context) -> None:
         info = mlflow.pytorch.log_model(
             model,
             name="model",
-            # A synthetic input (the server holds no site data, and must not); two rows keep the batch size free.
-            input_example=np.zeros((2, N_FEATURES), dtype=np.float32),
-            pip_requirements=["torch==2.13.0"],
+            input_example=_INPUT_EXAMPLE,
+            pip_requirements=_PIP,
         )
         mlflow.set_tag(TAG_MODEL_URI, info.model_uri)
         log.info("Logged global model %s", info.model_uri)
@@ -204,17 +224,29 @@ def _record_failures(failures: dict[str, list[str]], rnd: int, phase: str, faile
         failures.setdefault(site, []).append(f"round {rnd} {phase}: {reason}")
 
 
-def _promotion_evidence(
-    grid: Grid, arrays: ArrayRecord, sites: dict[int, str], timeout: float, registered_model: str
+def _finalise(
+    grid: Grid,
+    arrays: ArrayRecord,
+    sites: dict[int, str],
+    timeout: float,
+    registered_model: str,
+    config: ConfigRecord,
 ) -> tuple[dict, dict[str, Message]]:
-    """Each site scores the new model and the current champion on its own held-out rows."""
+    """Each site scores the new model and the champions on its own held-out rows and personalises the model.
+
+    A site is sent the global champion and its own site model's champion, never another site's model.
+    """
     champion_version, champion_state = load_champion_state(registered_model)
-    content = {"arrays": arrays, "config": ConfigRecord({"purpose": "promotion"})}
-    if champion_state is not None:
-        content[CHAMPION_KEY] = ArrayRecord(champion_state)
-    messages = [
-        Message(RecordDict(content), message_type="evaluate", dst_node_id=node) for node in grid.get_node_ids()
-    ]
+    site_champions = {site: load_champion_state(site_model_name(site)) for site in set(sites.values())}
+    messages = []
+    for node in grid.get_node_ids():
+        content = {"arrays": arrays, "config": config}
+        if champion_state is not None:
+            content[CHAMPION_KEY] = ArrayRecord(champion_state)
+        site_state = site_champions.get(sites.get(node, ""), (None, None))[1]
+        if site_state is not None:
+            content[SITE_CHAMPION_KEY] = ArrayRecord(site_state)
+        messages.append(Message(RecordDict(content), message_type="train.finalise", dst_node_id=node))
     replies = list(grid.send_and_receive(messages, timeout=timeout))
     name_unknown_nodes(grid, replies, sites, timeout)
     ok, failed = split_replies(replies, sites)
@@ -222,9 +254,19 @@ def _promotion_evidence(
     for site, reply in ok.items():
         metrics = reply_metrics(reply)
         champion = counts_from(metrics, "champion-")
+        site_champion = counts_from(metrics, "site-champion-")
+        window = reply.content[WINDOW_KEY]
         result["sites"][site] = {
             "candidate": metrics_from_counts(counts_from(metrics)),
             "champion": metrics_from_counts(champion) if champion else None,
             "num_examples": int(metrics["num-examples"]),
+            "data_window": str(window["data"]),
+            # The personalised model against the site's champion, on the site's recent held-out rows.
+            "recent_window": str(window["recent"]),
+            "recent_examples": int(metrics["recent-examples"]),
+            "personal": metrics_from_counts(counts_from(metrics, "personal-")),
+            "recent_global": metrics_from_counts(counts_from(metrics, "recent-global-")),
+            "site_champion": metrics_from_counts(site_champion) if site_champion else None,
+            "site_champion_version": site_champions.get(site, (None, None))[0],
         }
     return result, ok

@@ -18,7 +18,7 @@ import signal
 import subprocess
 import threading
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from airflow.sdk import BaseHook, BaseOperator
@@ -36,11 +36,17 @@ class MledgeHook(BaseHook):
         self.executable = executable or os.environ.get("MLEDGE_BIN") or shutil.which("mledge") or "mledge"
         self._process: subprocess.Popen[str] | None = None
 
-    def run(self, arguments: Sequence[str]) -> Any:
+    def run(self, arguments: Sequence[str], env: Mapping[str, str] | None = None) -> Any:
+        """Run the command; ``env`` adds variables (credentials from a Connection) to this process only."""
         argv = [self.executable, *map(str, arguments)]
-        self.log.info("Running %s", " ".join(argv))
+        self.log.info("Running %s", " ".join(argv))  # never the environment: it may carry credentials
         self._process = subprocess.Popen(
-            argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True
+            argv,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            start_new_session=True,
+            env={**os.environ, **env} if env else None,
         )
         stdout: list[str] = []
         reader = threading.Thread(target=lambda: stdout.extend(self._process.stdout), daemon=True)
@@ -78,7 +84,11 @@ class MledgeOperator(BaseOperator):
 
     def execute(self, context: Any) -> Any:
         self._hook = MledgeHook(self.executable)
-        return self._hook.run(self.arguments)
+        return self._hook.run(self.arguments, env=self.task_env(context))
+
+    def task_env(self, context: Any) -> dict[str, str] | None:
+        """Extra environment for the command; subclasses put Connection credentials here, never in arguments."""
+        return None
 
     def on_kill(self) -> None:
         if self._hook:

@@ -2,8 +2,11 @@
 
 wait_for_supernodes -> start_flower_run -> await_flower_run -> register_and_promote
 
-Trigger it from the UI (parameters below) or let ``MLEDGE_TRAINING_SCHEDULE`` (a cron expression or preset such
-as ``@daily``) schedule it. Every task runs the workload entry point ``mledge``; this file only wires.
+Scheduled on data, not on a clock: confirmed (or approved) drift emits the ``mledge://axis_failures/drift`` Asset
+event and that starts a run. ``MLEDGE_TRAINING_SCHEDULE`` (a cron expression) adds a time schedule besides it.
+Trigger it from the UI with the parameters below. ``register_and_promote`` registers the global model and each
+site's personalised model, links the drift alerts that asked for the training, and resolves them.
+Every task runs the workload entry point ``mledge``; this file only wires.
 """
 
 from __future__ import annotations
@@ -11,16 +14,22 @@ from __future__ import annotations
 import os
 from datetime import datetime, timedelta
 
-from airflow.sdk import DAG, Param
+from airflow.sdk import DAG, AssetOrTimeSchedule, Param
+from airflow.timetables.trigger import CronTriggerTimetable
 
+from operators.assets import DRIFT
 from operators.mledge import MledgeOperator
 
 RUN_ID = "{{ ti.xcom_pull(task_ids='start_flower_run')['run_id'] }}"
 
+CRON = os.environ.get("MLEDGE_TRAINING_SCHEDULE")
+
 with DAG(
     dag_id="federated_training",
     description="Federated training of the axis_failures model across the plants, then registry promotion",
-    schedule=os.environ.get("MLEDGE_TRAINING_SCHEDULE") or None,
+    schedule=(
+        AssetOrTimeSchedule(timetable=CronTriggerTimetable(CRON, timezone="UTC"), assets=[DRIFT]) if CRON else [DRIFT]
+    ),
     start_date=datetime(2026, 1, 1),
     catchup=False,
     max_active_runs=1,
@@ -48,6 +57,9 @@ with DAG(
             description="Simulation only: that site's attack, e.g. attack='scaling' attack-scale=10 (fl/attacks.py)",
         ),
         "run_timeout_s": Param(1800, type="integer", minimum=10, description="Limit for the Flower run"),
+        "site_margin": Param(
+            0.0, type="number", minimum=0, description="How much a site's new model must beat its champion (F1)"
+        ),
     },
     tags=["mledge", "axis_failures", "federated"],
     doc_md=__doc__,
@@ -80,7 +92,11 @@ with DAG(
     )
     register_and_promote = MledgeOperator(
         task_id="register_and_promote",
-        arguments=["models", "promote", "--flower-run-id", RUN_ID],
+        arguments=[
+            "models", "promote", "--flower-run-id", RUN_ID,
+            "--site-margin", "{{ params.site_margin }}",
+            "--resolve-drift-alerts",
+        ],
     )
 
     wait_for_supernodes >> start_flower_run >> await_flower_run >> register_and_promote

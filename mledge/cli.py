@@ -146,9 +146,54 @@ def _run_failures(flower_run_id: str) -> dict:
 def cmd_models_promote(args: argparse.Namespace, settings: Settings) -> dict:
     from fl.registry import promote
 
-    result = promote(args.flower_run_id, metric=args.metric, margin=args.margin)
+    alerts = _alerts_in_retraining() if args.resolve_drift_alerts else []
+    result = promote(
+        args.flower_run_id,
+        metric=args.metric,
+        margin=args.margin,
+        site_margin=args.site_margin,
+        drift_alerts=",".join(str(a["id"]) for a in alerts),
+    )
     log.info("Version %s of %s is %s: %s", result["version"], result["registered_model"], result["alias"],
              result["reason"])
+    for entry in result["site_models"].values():
+        log.info("Version %s of %s is %s: %s", entry["version"], entry["registered_model"], entry["alias"],
+                 entry["reason"])
+    result["resolved_drift_alerts"] = _resolve_alerts(alerts, result)
+    return result
+
+
+def _alerts_in_retraining() -> list[dict]:
+    """The drift alerts whose retraining this run is: approved (by a person or automatically), not yet resolved."""
+    from drift.alerts import AlertStore
+    from fl.serverapp import platform_db_url
+
+    return AlertStore(platform_db_url()).list(status="retraining")
+
+
+def _resolve_alerts(alerts: list[dict], result: dict) -> list[int]:
+    from drift.alerts import AlertStore
+    from fl.serverapp import platform_db_url
+
+    if not alerts:
+        return []
+    store = AlertStore(platform_db_url())
+    versions = ", ".join(
+        f"{m['registered_model']} v{m['version']} ({m['alias']})"
+        for m in [result, *result["site_models"].values()]
+    )
+    note = f"retrained by DAG run {result['dag_run_id']} (Flower run {result['flower_run_id']}): {versions}"
+    for alert in alerts:
+        store.set_status(alert["id"], "resolved", user="platform", note=note)
+    return [a["id"] for a in alerts]
+
+
+def cmd_models_rollback(args: argparse.Namespace, settings: Settings) -> dict:
+    from fl.registry import rollback
+
+    result = rollback(args.name)
+    log.info("%s: champion is version %s again (version %s rolled back)", args.name, result["champion"],
+             result["rolled_back"])
     return result
 
 
@@ -217,6 +262,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--flower-run-id", required=True)
     p.add_argument("--metric", default="f1", choices=["f1", "recall", "accuracy", "loss"])
     p.add_argument("--margin", type=float, default=0.0, help="how much better than the champion it must be")
+    p.add_argument("--site-margin", type=float, default=0.0,
+                   help="how much a site's personalised model must beat that site's champion")
+    p.add_argument("--resolve-drift-alerts", action="store_true",
+                   help="link the drift alerts awaiting retraining to the new versions and resolve them")
+    p = add(models, "rollback", cmd_models_rollback, "move alias champion back to the previous champion")
+    p.add_argument("name", help="registered model, e.g. plant_b-axis_failures-federated")
+
+    import importlib
+
+    for module in ("mledge.drift_cli", "mledge.costs_cli"):  # TEMPORARY guard while these are being written
+        try:
+            importlib.import_module(module).register(commands, add)
+        except ModuleNotFoundError:
+            pass
 
     p = add(commands, "status", cmd_status, "sites, SuperNodes, Flower runs and registered models")
     p.add_argument("--json", action="store_true", help="print JSON (the default for this program's commands)")

@@ -7,7 +7,7 @@ import sys
 import pytest
 from conftest import DAGS, REPO
 
-HEAVY = ("torch", "flwr", "mlflow", "pandas", "sklearn", "evidently")
+HEAVY = ("torch", "flwr", "mlflow", "pandas", "sklearn", "evidently", "fl", "drift", "costs", "boto3")
 
 
 @pytest.fixture(scope="module")
@@ -46,12 +46,49 @@ def test_federated_training_shape(dagbag):
     assert dag.catchup is False
 
 
-def test_training_schedule_comes_from_the_environment(monkeypatch):
+def _asset_uris(condition) -> list[str]:
+    return [getattr(o, "uri", None) for o in condition.objects]
+
+
+def test_training_is_scheduled_on_the_drift_asset(dagbag):
+    dag = dagbag.dags["federated_training"]
+    assert _asset_uris(dag.timetable.asset_condition) == ["mledge://axis_failures/drift"]
+
+
+def test_a_cron_schedule_adds_to_the_asset_schedule(monkeypatch):
     from airflow.dag_processing.dagbag import DagBag
 
-    monkeypatch.setenv("MLEDGE_TRAINING_SCHEDULE", "@daily")
+    monkeypatch.setenv("MLEDGE_TRAINING_SCHEDULE", "0 3 * * *")
     dag = DagBag(dag_folder=str(DAGS / "federated_training.py")).dags["federated_training"]
-    assert dag.schedule == "@daily"
+    assert dag.timetable.timetable._expression == "0 3 * * *"
+    assert _asset_uris(dag.timetable.asset_condition) == ["mledge://axis_failures/drift"]
+
+
+def test_concept_drift_evaluation_shape(dagbag):
+    """The steps of the seed documents' concept-drift process, per site in a mapped task group."""
+    dag = dagbag.dags["concept_drift_evaluation"]
+    g = "site."
+    edges = {
+        "create_table": {"check_unprocessed"},
+        "check_unprocessed": {"generate_simulations", "skip_generate_simulations"},
+        "generate_simulations": {"evaluate_p_value"},
+        "skip_generate_simulations": {"evaluate_p_value"},
+        "evaluate_p_value": {"determine_conceptdrift"},
+        "determine_conceptdrift": {"fl_train", "skip_training"},
+    }
+    for task, downstream in edges.items():
+        assert dag.get_task(g + task).downstream_task_ids == {g + d for d in downstream}
+    assert dag.get_task(g + "evaluate_p_value").trigger_rule == "none_failed_min_one_success"
+    assert [a.uri for a in dag.get_task(g + "fl_train").outlets] == ["mledge://axis_failures/drift"]
+    assert type(dag.task_group_dict["site"]).__name__ == "MappedTaskGroup"
+    assert dag.params["retraining"] in ("auto", "approval")
+    assert dag.catchup is False
+
+
+def test_data_collection_shape(dagbag):
+    dag = dagbag.dags["data_collection"]
+    assert dag.catchup is False and dag.schedule is not None
+    assert dag.get_task("collect").downstream_task_ids == {"check_quarantine"}
 
 
 def test_arguments_are_templated_with_params_and_the_run_id(dagbag):

@@ -1,0 +1,91 @@
+"""concept_drift_evaluation: data and concept drift at every site, where the data live; retraining on confirmed drift.
+
+Per registered site (dynamic task mapping), in a mapped task group:
+
+    create_table -> check_unprocessed -> generate_simulations | skip_generate_simulations -> evaluate_p_value
+        -> determine_conceptdrift -> fl_train | skip_training
+
+Only statistics, p-values and reports leave a site. ``fl_train`` emits the ``mledge://axis_failures/drift`` Asset
+event on which ``federated_training`` is scheduled; with ``retraining = approval`` the alerts wait on the drift
+review page instead. Every task runs the workload entry point ``mledge``; this file only wires.
+"""
+
+from __future__ import annotations
+
+import os
+from datetime import datetime, timedelta
+
+from airflow.providers.standard.operators.empty import EmptyOperator
+from airflow.sdk import DAG, Param, task, task_group
+
+from operators.drift import MledgeBranchOperator, RequestRetrainingOperator
+from operators.mledge import MledgeOperator
+
+JOIN = "none_failed_min_one_success"  # run after whichever branch ran
+
+
+def _has_unprocessed(result: dict, context) -> bool:
+    return bool(result.get("unprocessed"))
+
+
+def _retrain_now(result: dict, context) -> bool:
+    return bool(result.get("drift")) and context["params"]["retraining"] == "auto"
+
+
+with DAG(
+    dag_id="concept_drift_evaluation",
+    description="Evidently data drift and simulated concept-drift p-values per site; retraining on confirmed drift",
+    schedule=os.environ.get("MLEDGE_DRIFT_SCHEDULE_CRON") or "@daily",
+    start_date=datetime(2026, 1, 1),
+    catchup=False,
+    max_active_runs=1,
+    default_args={"retries": 1, "retry_delay": timedelta(seconds=30)},
+    params={
+        "simulations": Param(1000, type="integer", minimum=100, description="Bootstrap simulations per batch"),
+        "retraining": Param(
+            os.environ.get("MLEDGE_RETRAINING", "auto"),
+            enum=["auto", "approval"],
+            description="auto: confirmed drift triggers federated_training; approval: a person approves first",
+        ),
+    },
+    tags=["mledge", "axis_failures", "drift"],
+    doc_md=__doc__,
+) as dag:
+    registered = MledgeOperator(task_id="registered_sites", arguments=["drift", "sites"])
+
+    @task
+    def site_names(answer: dict) -> list[str]:
+        return list(answer["sites"])
+
+    @task_group(group_id="site")
+    def evaluate_site(site: str) -> None:
+        create_table = MledgeOperator(task_id="create_table", arguments=["drift", "create-table"])
+        check_unprocessed = MledgeBranchOperator(
+            task_id="check_unprocessed",
+            arguments=["drift", "check-unprocessed", "--site", site],
+            decide=_has_unprocessed,
+            if_true="generate_simulations",
+            if_false="skip_generate_simulations",
+        )
+        generate_simulations = MledgeOperator(
+            task_id="generate_simulations",
+            arguments=["drift", "simulate", "--site", site, "--simulations", "{{ params.simulations }}"],
+        )
+        skip_generate_simulations = EmptyOperator(task_id="skip_generate_simulations")
+        evaluate_p_value = MledgeOperator(
+            task_id="evaluate_p_value", arguments=["drift", "p-value", "--site", site], trigger_rule=JOIN
+        )
+        determine_conceptdrift = MledgeBranchOperator(
+            task_id="determine_conceptdrift",
+            arguments=["drift", "decide", "--site", site],
+            decide=_retrain_now,
+            if_true="fl_train",
+            if_false="skip_training",
+        )
+        fl_train = RequestRetrainingOperator(task_id="fl_train", decision_task_id="determine_conceptdrift")
+        skip_training = EmptyOperator(task_id="skip_training")
+
+        create_table >> check_unprocessed >> [generate_simulations, skip_generate_simulations] >> evaluate_p_value
+        evaluate_p_value >> determine_conceptdrift >> [fl_train, skip_training]
+
+    evaluate_site.expand(site=site_names(registered.output))

@@ -1,0 +1,50 @@
+"""data_collection: each site appends its next batch to its own store, validated; bad batches go to quarantine.
+
+collect (one mapped task per registered site) -> check_quarantine
+
+A batch that fails validation (missing or extra columns, wrong types, too many NaNs, unreadable) is moved to the
+site's ``quarantine/`` with a reason file, never deleted; ``check_quarantine`` then fails the run naming every
+quarantined file, so the run says so in the UI. Every task runs the workload entry point ``mledge``.
+"""
+
+from __future__ import annotations
+
+import os
+from datetime import datetime, timedelta
+
+from airflow.sdk import DAG, Param, task
+
+from operators.mledge import MledgeOperator
+
+with DAG(
+    dag_id="data_collection",
+    description="Append a validated batch to every site's local store; quarantine malformed batches",
+    schedule=os.environ.get("MLEDGE_COLLECTION_SCHEDULE") or "@hourly",
+    start_date=datetime(2026, 1, 1),
+    catchup=False,
+    max_active_runs=1,
+    default_args={"retries": 1, "retry_delay": timedelta(seconds=30)},
+    params={"rows": Param(1000, type="integer", minimum=10, description="Rows per new batch")},
+    tags=["mledge", "axis_failures", "data"],
+    doc_md=__doc__,
+) as dag:
+    sites = MledgeOperator(task_id="registered_sites", arguments=["drift", "sites"])
+
+    @task
+    def collection_commands(registered: dict, params: dict | None = None) -> list[list[str]]:
+        """One ``mledge drift collect`` per site: on a real deployment each runs where its site's data live."""
+        return [["drift", "collect", "--site", s, "--rows", str(params["rows"])] for s in registered["sites"]]
+
+    collect = MledgeOperator.partial(task_id="collect").expand(arguments=collection_commands(sites.output))
+
+    @task
+    def check_quarantine(results: list[dict]) -> dict:
+        """Fail the run, naming each quarantined file and why, when any batch was quarantined."""
+        quarantined = [
+            f"{r['site']}: {q['file']} ({q['reason']})" for r in results for q in r.get("quarantined", [])
+        ]
+        if quarantined:
+            raise ValueError("quarantined batches: " + "; ".join(quarantined))
+        return {"accepted": {r["site"]: r.get("accepted", []) for r in results}}
+
+    check_quarantine(collect.output)

@@ -13,10 +13,11 @@ review page instead. Every task runs the workload entry point ``mledge``; this f
 from __future__ import annotations
 
 import os
-from datetime import datetime, timedelta
+from datetime import timedelta
 
 from airflow.providers.standard.operators.empty import EmptyOperator
 from airflow.sdk import DAG, Param, task, task_group
+from airflow.timetables.trigger import CronTriggerTimetable
 
 from operators.drift import MledgeBranchOperator, RequestRetrainingOperator
 from operators.mledge import MledgeOperator
@@ -35,8 +36,10 @@ def _retrain_now(result: dict, context) -> bool:
 with DAG(
     dag_id="concept_drift_evaluation",
     description="Evidently data drift and simulated concept-drift p-values per site; retraining on confirmed drift",
-    schedule=os.environ.get("MLEDGE_DRIFT_SCHEDULE_CRON") or "@daily",
-    start_date=datetime(2026, 1, 1),
+    # Next cron time after unpausing, not at once: no start date, and no grace period (run_immediately=0).
+    schedule=CronTriggerTimetable(
+        os.environ.get("MLEDGE_DRIFT_SCHEDULE_CRON") or "@daily", timezone="UTC", run_immediately=timedelta(0)
+    ),
     catchup=False,
     max_active_runs=1,
     default_args={"retries": 1, "retry_delay": timedelta(seconds=30)},

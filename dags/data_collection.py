@@ -10,17 +10,20 @@ quarantined file, so the run says so in the UI. Every task runs the workload ent
 from __future__ import annotations
 
 import os
-from datetime import datetime, timedelta
+from datetime import timedelta
 
 from airflow.sdk import DAG, Param, task
+from airflow.timetables.trigger import CronTriggerTimetable
 
 from operators.mledge import MledgeOperator
 
 with DAG(
     dag_id="data_collection",
     description="Append a validated batch to every site's local store; quarantine malformed batches",
-    schedule=os.environ.get("MLEDGE_COLLECTION_SCHEDULE") or "@hourly",
-    start_date=datetime(2026, 1, 1),
+    # Next cron time after unpausing, not at once: no start date, and no grace period (run_immediately=0).
+    schedule=CronTriggerTimetable(
+        os.environ.get("MLEDGE_COLLECTION_SCHEDULE") or "@hourly", timezone="UTC", run_immediately=timedelta(0)
+    ),
     catchup=False,
     max_active_runs=1,
     default_args={"retries": 1, "retry_delay": timedelta(seconds=30)},

@@ -80,6 +80,24 @@ class AirflowClient:
                 raise AirflowApiError(f"DAG run {run_id} still {run['state']} after {timeout:.0f}s")
             time.sleep(poll_s)
 
+    def runs(self, dag_id: str, **filters: Any) -> list[dict]:
+        """The DAG's runs, newest first; ``filters`` are the API's query parameters (e.g. ``run_type``)."""
+        params = {"order_by": "-run_after", "limit": 100, **filters}
+        return self._call("GET", f"/dags/{dag_id}/dagRuns", params=params)["dag_runs"]
+
+    def wait_for_new_run(
+        self, dag_id: str, known: set[str], timeout: float, poll_s: float = 2.0, **filters: Any
+    ) -> str:
+        """Wait until a run of the DAG appears that is not in ``known`` (one the scheduler made); its id."""
+        deadline = time.monotonic() + timeout
+        while True:
+            fresh = [r["dag_run_id"] for r in self.runs(dag_id, **filters) if r["dag_run_id"] not in known]
+            if fresh:
+                return fresh[-1]
+            if time.monotonic() > deadline:
+                raise AirflowApiError(f"no new run of {dag_id} ({filters}) within {timeout:.0f}s")
+            time.sleep(poll_s)
+
     def task_instances(self, dag_id: str, run_id: str) -> list[dict]:
         return self._call("GET", f"/dags/{dag_id}/dagRuns/{run_id}/taskInstances")["task_instances"]
 

@@ -13,25 +13,47 @@ from mledge.cli import init_site_data
 from mledge.settings import Settings
 
 DAG_ID = "federated_training"
+COLLECTION = "data_collection"
+DRIFT = "concept_drift_evaluation"
+# Batches every site has before the demo collects more; the default drift schedule shifts plant_b from batch 5.
+INITIAL_BATCHES = 3
+COLLECTED_BATCHES = 4
+
+
+def admin_client(settings: Settings) -> AirflowClient:
+    return AirflowClient(settings.airflow_url, "admin", password_for(stack.airflow_passwords_file(settings), "admin"))
+
+
+def run_dag(client: AirflowClient, dag_id: str, conf: dict[str, Any], timeout: float) -> dict[str, Any]:
+    """Trigger a DAG as the local admin (as the UI's Trigger button does) and wait for the run's end."""
+    client.wait_for_dag(dag_id)
+    client.unpause(dag_id)
+    run_id = client.trigger(dag_id, conf)
+    print(f"triggered {dag_id} run {run_id}; waiting")
+    return finished_run(client, dag_id, run_id, timeout)
+
+
+def finished_run(client: AirflowClient, dag_id: str, run_id: str, timeout: float) -> dict[str, Any]:
+    run = client.wait_for_run(dag_id, run_id, timeout)
+    tasks: dict[str, str] = {}
+    for t in client.task_instances(dag_id, run_id):
+        name = t["task_id"] + (f"[{t['map_index']}]" if t.get("map_index", -1) >= 0 else "")
+        tasks[name] = t["state"]
+    return {"dag_id": dag_id, "dag_run_id": run_id, "state": run["state"], "tasks": tasks}
+
+
+def training_facts(client: AirflowClient, facts: dict[str, Any]) -> dict[str, Any]:
+    for task, key in (("start_flower_run", "flower"), ("await_flower_run", "flower_result"),
+                      ("register_and_promote", "promotion")):
+        if facts["tasks"].get(task) == "success":
+            facts[key] = client.xcom(DAG_ID, facts["dag_run_id"], task)
+    return facts
 
 
 def trigger_training(settings: Settings, conf: dict[str, Any], timeout: float) -> dict[str, Any]:
     """Trigger federated_training as the local admin and wait for the run's end; returns the run's facts."""
-    client = AirflowClient(
-        settings.airflow_url, "admin", password_for(stack.airflow_passwords_file(settings), "admin")
-    )
-    client.wait_for_dag(DAG_ID)
-    client.unpause(DAG_ID)
-    run_id = client.trigger(DAG_ID, conf)
-    print(f"triggered {DAG_ID} run {run_id}; waiting (follow it at {settings.airflow_url}/dags/{DAG_ID})")
-    run = client.wait_for_run(DAG_ID, run_id, timeout)
-    tasks = {t["task_id"]: t["state"] for t in client.task_instances(DAG_ID, run_id)}
-    facts: dict[str, Any] = {"dag_run_id": run_id, "state": run["state"], "tasks": tasks}
-    for task, key in (("start_flower_run", "flower"), ("await_flower_run", "flower_result"),
-                      ("register_and_promote", "promotion")):
-        if tasks.get(task) == "success":
-            facts[key] = client.xcom(DAG_ID, run_id, task)
-    return facts
+    client = admin_client(settings)
+    return training_facts(client, run_dag(client, DAG_ID, conf, timeout))
 
 
 def round_metrics(mlflow_run_id: str) -> dict[int, dict[str, float]]:
@@ -53,8 +75,6 @@ def mlflow_run_url(settings: Settings, run_id: str) -> str:
 
 
 def print_summary(settings: Settings, facts: dict[str, Any]) -> None:
-    from mledge.status import registered_models
-
     print()
     print(f"DAG run      {facts['dag_run_id']}: {facts['state']}")
     for task, state in facts["tasks"].items():
@@ -76,11 +96,24 @@ def print_summary(settings: Settings, facts: dict[str, Any]) -> None:
             )
     promotion = facts.get("promotion") or {}
     if promotion:
-        print(f"Promotion    version {promotion['version']} -> {promotion['alias']}: {promotion['reason']}")
+        print(f"Promotion    {promotion['registered_model']} v{promotion['version']} -> {promotion['alias']}: "
+              f"{promotion['reason']}")
+        for m in (promotion.get("site_models") or {}).values():
+            print(f"             {m['registered_model']} v{m['version']} -> {m['alias']}: {m['reason']}")
+        if promotion.get("drift_alerts"):
+            print(f"             triggered by drift alerts {promotion['drift_alerts']}")
+
+
+def print_models() -> None:
+    from mledge.status import registered_models
+
     for model in registered_models():
         print(f"Model        {model['name']}  aliases {model['aliases']}")
         for v in model["versions"]:
             print(f"  version {v['version']:>3}  {','.join(v['aliases']) or '-':<12} flower run {v['flower_run_id']}")
+
+
+def print_footer(settings: Settings) -> None:
     print()
     print(f"Airflow UI   {settings.airflow_url}  (user admin, password in {stack.airflow_passwords_file(settings)})")
     print(f"MLflow UI    {settings.mlflow_uri}")
@@ -108,14 +141,87 @@ def run_attack_demo(settings: Settings, rounds: int, timeout: float, profile: st
     return results
 
 
+def mledge_json(settings: Settings, *args: str) -> Any:
+    """Run one ``mledge`` command as Airflow would (a separate process) and parse its JSON answer."""
+    import json
+    import subprocess
+
+    done = subprocess.run([str(settings.bin("workload", "mledge")), *args], capture_output=True, text=True)
+    if done.returncode != 0:
+        raise RuntimeError(f"mledge {' '.join(args)} failed: {done.stderr.strip()[-500:]}")
+    return json.loads(done.stdout)
+
+
+def print_alerts(alerts: list[dict], sites: tuple[str, ...]) -> None:
+    print("Drift alerts (kind, statistic, p-value after correction, status)")
+    for site in sites:
+        found = [a for a in alerts if a["site"] == site and a["decision"] == "drift"]
+        if not found:
+            print(f"  {site:<8} none")
+        for a in found:
+            print(f"  {site:<8} {a['batch']:<14} {a['kind']:<8} {a['statistic']!s:<28.28} p={a['p_value']:.2e}"
+                  f"  {a['status']}")
+
+
+def print_costs(summary: dict) -> None:
+    report = summary.get("report", summary)
+    print(f"Costs        project {report.get('project')} {report.get('from')} .. {report.get('to')}: "
+          f"{report.get('total')} {report.get('currency')}")
+    for provider, cost in (report.get("by_provider") or {}).items():
+        print(f"  {provider:<24} {cost}")
+    rec = summary.get("recommendation") or {}
+    if rec:
+        print(f"Cheapest     for {rec.get('template')}")
+        for offer in rec.get("offers", [])[:3]:
+            print(f"  #{offer['rank']} {offer['provider']:<6} {offer['region']:<16} {offer['instance_type']:<20}"
+                  f" {offer['usd_per_hour']} USD/h  (as of {offer['as_of']}, {offer['source']})")
+        if rec.get("message"):
+            print(f"  {rec['message']}")
+
+
 def run_demo(settings: Settings, rounds: int, timeout: float) -> dict[str, Any]:
+    """The whole loop: train, collect with drift at plant_b, evaluate drift, retrain on the Asset event, costs."""
     started = time.monotonic()
-    init_site_data(settings, batches=3)
+    init_site_data(settings, batches=INITIAL_BATCHES)
     print("starting the local stack (Airflow, MLflow, Flower SuperLink and 3 SuperNodes)")
     stack.up(settings, say=print)
-    facts = trigger_training(settings, {"rounds": rounds}, timeout)
-    print_summary(settings, facts)
+    client = admin_client(settings)
+
+    print("\n== 1. federated training: the first global and per-site models")
+    first = training_facts(client, run_dag(client, DAG_ID, {"rounds": rounds}, timeout))
+    print_summary(settings, first)
+    _require(first)
+
+    print(f"\n== 2. data collection: {COLLECTED_BATCHES} more batches per site (drift scheduled at plant_b)")
+    for _ in range(COLLECTED_BATCHES):
+        _require(run_dag(client, COLLECTION, {}, timeout))
+
+    print("\n== 3. drift evaluation at every site; confirmed drift emits the Asset event")
+    known = {r["dag_run_id"] for r in client.runs(DAG_ID)}
+    drift = run_dag(client, DRIFT, {"retraining": "auto"}, timeout)
+    _require(drift)
+    alerts = mledge_json(settings, "drift", "alerts", "--json")
+    print_alerts(alerts, settings.sites)
+
+    retrain = None
+    if any(a["decision"] == "drift" for a in alerts):
+        print("\n== 4. federated_training, started by the drift Asset event")
+        run_id = client.wait_for_new_run(DAG_ID, known, timeout=120)
+        retrain = training_facts(client, finished_run(client, DAG_ID, run_id, timeout))
+        print_summary(settings, retrain)
+        _require(retrain)
+
+    print("\n== 5. costs: the last 7 days of the sample billing exports, and the cheapest cloud for training")
+    costs = mledge_json(settings, "costs", "demo-summary")
+    print_costs(costs)
+
+    print("\n== models")
+    print_models()
+    print_footer(settings)
     print(f"demo took {time.monotonic() - started:.0f}s")
+    return {"training": first, "drift": drift, "alerts": alerts, "retraining": retrain, "costs": costs}
+
+
+def _require(facts: dict[str, Any]) -> None:
     if facts["state"] != "success":
-        raise RuntimeError(f"DAG run {facts['dag_run_id']} ended {facts['state']}: {facts['tasks']}")
-    return facts
+        raise RuntimeError(f"{facts['dag_id']} run {facts['dag_run_id']} ended {facts['state']}: {facts['tasks']}")

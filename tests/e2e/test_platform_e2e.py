@@ -105,7 +105,10 @@ def platform(tmp_path_factory, airflow_db_url):
     home = tmp_path_factory.mktemp("mledge-home")
     airflow_port, mlflow_port, superlink_port, *supernode_ports = free_ports(3 + len(SITES))
     env = {k: v for k, v in os.environ.items() if k not in ("MLFLOW_TRACKING_URI", "FLWR_HOME", "PYTHONPATH")}
+    schedule = home / "drift-schedule.json"  # plant_b's sensor reads 1.5 K high from its 3rd batch
+    schedule.write_text(json.dumps([{"site": "plant_b", "onset_batch": 3, "kind": "sensor_offset", "offset_k": 1.5}]))
     env.update(
+        MLEDGE_DRIFT_SCHEDULE=str(schedule),
         MLEDGE_HOME=str(home),
         MLEDGE_AIRFLOW_PORT=str(airflow_port),
         MLEDGE_MLFLOW_PORT=str(mlflow_port),
@@ -130,15 +133,44 @@ def platform(tmp_path_factory, airflow_db_url):
         assert not (home / "run" / f"{name}.pid").exists()
 
 
-def run_training(platform: Platform, conf: dict) -> tuple[str, dict]:
+def run_dag(platform: Platform, dag_id: str, conf: dict) -> tuple[str, str, dict[str, str]]:
+    """Trigger a DAG as admin and wait for its end: (run id, state, task -> state)."""
     client = platform.airflow()
-    client.wait_for_dag(DAG_ID)
-    client.unpause(DAG_ID)
-    run_id = client.trigger(DAG_ID, conf)
-    run = client.wait_for_run(DAG_ID, run_id, timeout=900)
-    tasks = {t["task_id"]: t["state"] for t in client.task_instances(DAG_ID, run_id)}
-    assert run["state"] == "success", f"{run_id}: {tasks}\n{platform.logs()}"
-    return run_id, {task: client.xcom(DAG_ID, run_id, task) for task in tasks}
+    client.wait_for_dag(dag_id)
+    client.unpause(dag_id)
+    run_id = client.trigger(dag_id, conf)
+    return (run_id, *finished(platform, dag_id, run_id))
+
+
+def finished(platform: Platform, dag_id: str, run_id: str) -> tuple[str, dict[str, str]]:
+    client = platform.airflow()
+    run = client.wait_for_run(dag_id, run_id, timeout=900)
+    tasks = {}
+    for t in client.task_instances(dag_id, run_id):
+        tasks[t["task_id"] + (f"[{t['map_index']}]" if t.get("map_index", -1) >= 0 else "")] = t["state"]
+    return run["state"], tasks
+
+
+def training_xcom(platform: Platform, run_id: str, state: str, tasks: dict[str, str]) -> dict:
+    assert state == "success", f"{run_id}: {tasks}\n{platform.logs()}"
+    client = platform.airflow()
+    return {task: client.xcom(DAG_ID, run_id, task) for task in tasks}
+
+
+def run_training(platform: Platform, conf: dict) -> tuple[str, dict]:
+    run_id, state, tasks = run_dag(platform, DAG_ID, conf)
+    return run_id, training_xcom(platform, run_id, state, tasks)
+
+
+def site_aliases(platform: Platform, site: str) -> dict[str, str]:
+    model = platform.mlflow("registered-models/get", name=f"{site}-axis_failures-federated")["registered_model"]
+    return {a["alias"]: a["version"] for a in model.get("aliases", [])}
+
+
+def drift_alerts(platform: Platform) -> list[dict]:
+    done = platform.mledge("drift", "alerts", "--json")
+    assert done.returncode == 0, done.stderr
+    return json.loads(done.stdout)
 
 
 def test_first_run_trains_logs_and_becomes_champion(platform):
@@ -164,22 +196,32 @@ def test_first_run_trains_logs_and_becomes_champion(platform):
     version_tags = {t["key"]: t["value"] for t in version["tags"]}
     assert version_tags["mledge.flower_run_id"] == flower_run_id
     assert version_tags["mledge.promotion"] == "champion"
+    assert version_tags["mledge.data_window.plant_b"] == "batch-000001:batch-000002"
+
+    # Each site's personalised model: its own registered model, champion at first.
+    for site in SITES:
+        assert promotion["site_models"][site]["alias"] == "champion"
+        assert site_aliases(platform, site) == {"champion": "1"}
 
 
 def test_second_run_survives_a_malformed_site_and_passes_the_gate(platform):
     # plant_c receives a batch with missing torque values: it must fail by name, the others must go on.
+    # (A batch corrupted after it was accepted: collection's validation cannot have caught it.)
     store = platform.home / "sites" / "plant_c" / "batches"
     frame = pd.read_csv(store / "batch-000001.csv")
     frame.loc[::7, "torque_nm"] = None
     bad = store / "batch-000003.csv"
     frame.to_csv(bad, index=False)
     before = bad.read_bytes()
-
-    _, xcom = run_training(platform, {"rounds": 2})
+    try:
+        _, xcom = run_training(platform, {"rounds": 2})
+    finally:
+        kept = bad.read_bytes()
+        bad.rename(platform.home / "corrupted-by-the-test.csv")  # the test's own fault, out of the way
     failures = xcom["await_flower_run"]["site_failures"]
     assert list(failures) == ["plant_c"]
     assert all("missing values" in problem and "batch-000003.csv" in problem for problem in failures["plant_c"])
-    assert bad.read_bytes() == before  # training never rewrites a site's store
+    assert kept == before  # training never rewrites a site's store
 
     promotion = xcom["register_and_promote"]
     assert promotion["version"] == "2"
@@ -192,6 +234,61 @@ def test_second_run_survives_a_malformed_site_and_passes_the_gate(platform):
     assert promotion["alias"] == ("champion" if promoted else "challenger")
 
 
+def test_collection_quarantines_a_malformed_batch_and_the_run_says_so(platform):
+    incoming = platform.home / "sites" / "plant_c" / "incoming"
+    incoming.mkdir(parents=True, exist_ok=True)
+    frame = pd.read_csv(platform.home / "sites" / "plant_c" / "batches" / "batch-000001.csv")
+    malformed = incoming / "mes-export-0001.csv"
+    frame.drop(columns=["torque_nm"]).to_csv(malformed, index=False)
+    content = malformed.read_bytes()
+
+    run_id, state, tasks = run_dag(platform, "data_collection", {"rows": 1000})
+    assert state == "failed", tasks
+    assert tasks["check_quarantine"] == "failed"
+    assert all(state == "success" for task, state in tasks.items() if task.startswith("collect["))
+    quarantine = platform.home / "sites" / "plant_c" / "quarantine"
+    assert (quarantine / "mes-export-0001.csv").read_bytes() == content  # moved, never changed or dropped
+    reason = json.loads(next(quarantine.glob("mes-export-0001.csv*.json")).read_text())
+    assert "torque_nm" in json.dumps(reason)
+    for site in SITES:  # the generated batch of every site was accepted
+        assert (platform.home / "sites" / site / "batches" / "batch-000003.csv").exists()
+
+
+def test_drift_at_plant_b_triggers_retraining_through_the_asset(platform):
+    _, state, tasks = run_dag(platform, "data_collection", {"rows": 1000})
+    assert state == "success", tasks
+    client = platform.airflow()
+    known = {r["dag_run_id"] for r in client.runs(DAG_ID)}
+
+    _, state, tasks = run_dag(platform, "concept_drift_evaluation", {"retraining": "auto", "simulations": 300})
+    assert state == "success", f"{tasks}\n{platform.logs()}"
+    alerts = drift_alerts(platform)
+    confirmed = [a for a in alerts if a["decision"] == "drift"]
+    assert {a["site"] for a in confirmed} == {"plant_b"}, alerts
+    assert all(a["batch"] >= "batch-000003" for a in confirmed)  # after the onset, never before
+    assert {a["site"] for a in alerts} == set(SITES)  # every site was evaluated
+
+    run_id = client.wait_for_new_run(DAG_ID, known, timeout=180)
+    assert client.dag_run(DAG_ID, run_id)["run_type"] == "asset_triggered"
+    xcom = training_xcom(platform, run_id, *finished(platform, DAG_ID, run_id))
+    promotion = xcom["register_and_promote"]
+    linked = {int(i) for i in promotion["drift_alerts"].split(",")}
+    assert linked == {a["id"] for a in confirmed}
+    assert set(promotion["resolved_drift_alerts"]) == linked
+    assert {a["status"] for a in drift_alerts(platform) if a["id"] in linked} == {"resolved"}
+    # plant_c failed the second training, so it has one site model version fewer.
+    for site, expected in {"plant_a": "3", "plant_b": "3", "plant_c": "2"}.items():
+        entry = promotion["site_models"][site]
+        assert entry["version"] == expected
+        version = platform.mlflow("model-versions/get", name=entry["registered_model"], version=expected)
+        version = version["model_version"]
+        tags = {t["key"]: t["value"] for t in version["tags"]}
+        assert tags["mledge.drift_alerts"] == promotion["drift_alerts"]
+        assert tags["mledge.dag_run_id"] == run_id
+        assert tags[f"mledge.data_window.{site}"] == "batch-000002:batch-000004"
+        assert site_aliases(platform, site)["champion"] in {"1", "2", expected}
+
+
 def test_status_reports_sites_runs_and_models(platform):
     done = platform.mledge("status", "--json", timeout=120)
     assert done.returncode == 0, done.stderr
@@ -200,5 +297,5 @@ def test_status_reports_sites_runs_and_models(platform):
     assert status["superlink"]["online_nodes"] == 3
     assert {r["status"] for r in status["flower_runs"]} == {"finished:completed"}
     (model,) = [m for m in status["registered_models"] if m["name"] == GLOBAL_MODEL]
-    assert [v["version"] for v in model["versions"]] == ["2", "1"]
+    assert [v["version"] for v in model["versions"]] == ["3", "2", "1"]
     assert "champion" in model["aliases"]

@@ -21,7 +21,7 @@ import pytest
 import requests
 
 from fl.registry import GLOBAL_MODEL
-from mledge.airflow_api import AirflowClient, password_for
+from mledge.airflow_api import AirflowApiError, AirflowClient, password_for
 from mledge.stack import group_alive
 
 pytestmark = pytest.mark.e2e
@@ -287,6 +287,23 @@ def test_drift_at_plant_b_triggers_retraining_through_the_asset(platform):
         assert tags["mledge.dag_run_id"] == run_id
         assert tags[f"mledge.data_window.{site}"] == "batch-000002:batch-000004"
         assert site_aliases(platform, site)["champion"] in {"1", "2", expected}
+
+
+def test_airflow_refuses_anonymous_and_read_only_users(platform):
+    for path in ("/api/v2/dags", f"/api/v2/dags/{DAG_ID}/dagRuns"):
+        assert requests.get(platform.airflow_url + path, timeout=30).status_code == 401
+    anonymous_trigger = requests.post(
+        f"{platform.airflow_url}/api/v2/dags/{DAG_ID}/dagRuns", json={"logical_date": None}, timeout=30
+    )
+    assert anonymous_trigger.status_code == 401
+    viewer = platform.airflow("viewer")
+    assert viewer.runs(DAG_ID)  # a viewer reads
+    before = len(viewer.runs(DAG_ID))
+    with pytest.raises(AirflowApiError, match="HTTP 403"):
+        viewer.trigger(DAG_ID, {"rounds": 1})
+    with pytest.raises(AirflowApiError, match="HTTP 403"):
+        viewer.unpause("data_collection")
+    assert len(viewer.runs(DAG_ID)) == before
 
 
 def test_status_reports_sites_runs_and_models(platform):

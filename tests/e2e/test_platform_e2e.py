@@ -316,3 +316,48 @@ def test_status_reports_sites_runs_and_models(platform):
     (model,) = [m for m in status["registered_models"] if m["name"] == GLOBAL_MODEL]
     assert [v["version"] for v in model["versions"]] == ["3", "2", "1"]
     assert "champion" in model["aliases"]
+
+
+def known_secrets(home: Path) -> dict[str, str]:
+    """Every secret the stack generated, by where it is kept: values of at least 8 characters."""
+    found: dict[str, str] = {}
+    for path in sorted((home / "secrets").rglob("*")):
+        if not path.is_file() or path.suffix in (".pem", ".crt", ".pub"):
+            continue
+        text = path.read_text(errors="replace")
+        if path.suffix == ".json":
+            def walk(value, where):
+                if isinstance(value, dict):
+                    for k, v in value.items():
+                        walk(v, f"{where}:{k}")
+                elif isinstance(value, str) and len(value) >= 8:
+                    found[where] = value
+            walk(json.loads(text), path.name)
+        else:
+            for line in text.splitlines():
+                key, _, value = line.partition("=")
+                if len(value.strip()) >= 8:
+                    found[f"{path.name}:{key.strip()}"] = value.strip()
+    return found
+
+
+def test_no_secret_in_logs_or_xcom(platform):
+    """After everything above: no generated secret appears in any log of the stack or the tasks, or in XCom."""
+    secrets = known_secrets(platform.home)
+    assert any("admin" in where for where in secrets), sorted(secrets)
+    logs = [p for p in platform.home.rglob("*.log") if p.is_file()]
+    logs += [p for p in (platform.home / "airflow" / "logs").rglob("*") if p.is_file()]
+    assert logs
+    leaks = [
+        f"{where} in {path.relative_to(platform.home)}"
+        for path in logs
+        for where, value in secrets.items()
+        if value in path.read_text(errors="replace")
+    ]
+    assert leaks == []
+    client = platform.airflow()
+    for run in client.runs(DAG_ID):
+        for task in client.task_instances(DAG_ID, run["dag_run_id"]):
+            if task["state"] == "success":
+                value = json.dumps(client.xcom(DAG_ID, run["dag_run_id"], task["task_id"]))
+                assert not [w for w, v in secrets.items() if v in value], task["task_id"]

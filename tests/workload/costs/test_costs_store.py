@@ -1,0 +1,119 @@
+"""The cost store on SQLite and PostgreSQL: migrations, exact amounts, idempotent day-by-day ingestion."""
+
+from __future__ import annotations
+
+from datetime import date, datetime, timedelta
+from decimal import Decimal
+
+import pytest
+from conftest import SAMPLES
+
+from costs.focus import CostRow, validate
+from costs.ingest import ingest
+from costs.sources.base import CostSource
+from costs.sources.focus_files import FocusFileSource
+
+WINDOW = (date(2026, 10, 22), date(2026, 11, 21))
+
+
+class ListSource(CostSource):
+    """Rows held in memory (the store's behaviour, not a connector's, is under test here)."""
+
+    def __init__(self, name: str, rows: list[CostRow]) -> None:
+        super().__init__(name)
+        self.rows_ = rows
+
+    def rows(self, start, end):
+        low, high = datetime(start.year, start.month, start.day), datetime(end.year, end.month, end.day)
+        return [r for r in self.rows_ if low <= r.charge_period_start < high]
+
+
+def row(day: int, amount: str, resource: str = "i-1", project: str | None = "axis_failures") -> CostRow:
+    start = datetime(2026, 11, day)
+    return CostRow(billed_cost=Decimal(amount), effective_cost=Decimal(amount), billing_currency="USD",
+                   charge_period_start=start, charge_period_end=start + timedelta(days=1), provider_name="AWS",
+                   service_name="Amazon Elastic Compute Cloud", resource_id=resource,
+                   tags={"mledge-project": project} if project else {})
+
+
+def test_migrated_to_head(any_store):
+    from alembic.runtime.migration import MigrationContext
+
+    with any_store.engine.connect() as conn:
+        assert MigrationContext.configure(conn).get_current_revision() == "0001"
+
+
+@pytest.mark.parametrize("pattern", ["aws/mledge-focus/data/**/*.parquet", "azure/mledge-focuscost/**/*.csv",
+                                     "gcp/*.csv"], ids=["aws", "azure", "gcp"])
+def test_ingesting_the_same_days_twice_changes_nothing(any_store, pattern):
+    source = FocusFileSource("sample", [pattern], base=SAMPLES)
+    first = ingest(source, any_store, *WINDOW)
+    count, totals = any_store.count(), any_store.totals()
+    second = ingest(source, any_store, *WINDOW)
+    assert first.rows == second.rows == count > 0
+    assert any_store.count() == count
+    assert any_store.totals() == totals
+    expected = sum((r.billed_cost for r in source.rows(*WINDOW)), Decimal(0))
+    assert totals["BilledCost"] == expected
+
+
+def test_amounts_stay_exact(any_store):
+    """0.1 + 0.2 and 1e-10 steps: a float store would show 0.30000000000000004 or lose the small units."""
+    rows = [row(1, "0.1", "a"), row(1, "0.2", "b"), row(1, "123456789.0000000001", "c"),
+            row(1, "-0.0000000001", "d")]
+    ingest(ListSource("exact", rows), any_store, date(2026, 11, 1), date(2026, 11, 2))
+    assert any_store.totals()["BilledCost"] == Decimal("123456789.3000000000")
+
+
+def test_a_charge_gone_from_a_reissued_day_is_removed_and_others_kept(any_store):
+    rows = [row(1, "1", "a"), row(1, "2", "b"), row(2, "4", "a")]
+    ingest(ListSource("s", rows), any_store, date(2026, 11, 1), date(2026, 11, 3))
+    assert any_store.totals()["BilledCost"] == Decimal(7)
+    reissued = [row(1, "1.5", "a"), row(2, "4", "a")]  # "b" is gone, "a" changed on day 1
+    ingest(ListSource("s", reissued), any_store, date(2026, 11, 1), date(2026, 11, 2))
+    assert any_store.count() == 2
+    assert any_store.totals()["BilledCost"] == Decimal("5.5")
+
+
+def test_duplicate_keys_in_one_batch_are_summed(any_store):
+    rows = [row(3, "1.25"), row(3, "2.50")]  # same charge identity twice (e.g. split lines of one export)
+    result = ingest(ListSource("dup", rows), any_store, date(2026, 11, 3), date(2026, 11, 4))
+    assert result.rows == 1 and any_store.count() == 1
+    assert any_store.totals()["BilledCost"] == Decimal("3.75")
+
+
+def test_sources_do_not_touch_each_others_rows(any_store):
+    ingest(ListSource("one", [row(5, "1")]), any_store, date(2026, 11, 5), date(2026, 11, 6))
+    ingest(ListSource("two", [row(5, "2")]), any_store, date(2026, 11, 5), date(2026, 11, 6))
+    ingest(ListSource("one", []), any_store, date(2026, 11, 5), date(2026, 11, 6))  # one's day is now empty
+    assert any_store.count("one") == 0 and any_store.count("two") == 1
+
+
+def test_a_float_amount_is_refused():
+    with pytest.raises(ValueError, match="BilledCost.*float"):
+        validate(CostRow(billed_cost=0.1, effective_cost=Decimal(0), billing_currency="USD",  # type: ignore[arg-type]
+                         charge_period_start=datetime(2026, 11, 1), charge_period_end=datetime(2026, 11, 2),
+                         provider_name="AWS", service_name="x"), "test")
+
+
+def test_rows_outside_the_asked_day_are_refused(sqlite_store):
+    from costs.ingest import IngestError
+
+    class Sloppy(ListSource):
+        def rows(self, start, end):
+            return self.rows_  # ignores the window
+
+    with pytest.raises(IngestError, match="outside the requested day"):
+        ingest(Sloppy("sloppy", [row(9, "1")]), sqlite_store, date(2026, 11, 8), date(2026, 11, 9))
+    assert sqlite_store.count() == 0
+
+
+def test_ingestion_runs_are_recorded(sqlite_store):
+    from sqlalchemy import select
+
+    from costs.store import ingestion_runs
+
+    ingest(ListSource("s", [row(1, "1")]), sqlite_store, date(2026, 11, 1), date(2026, 11, 2))
+    with sqlite_store.engine.connect() as conn:
+        (run,) = conn.execute(select(ingestion_runs)).all()
+    assert run.status == "succeeded" and run.rows_written == 1 and run.source == "s"

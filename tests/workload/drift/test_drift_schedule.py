@@ -1,0 +1,165 @@
+"""Scheduled drift: configured in one place, applied from its onset batch, overridable per scenario."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+from drift_streams import stream
+
+from fl.generator import FAILURE_MODES, LABEL, OSF_LIMIT, generate_batch
+from fl.sites import (
+    DRIFT_SCHEDULE,
+    DRIFT_SCHEDULE_ENV,
+    SCENARIOS,
+    SITES,
+    DriftScheduleError,
+    ScheduledDrift,
+    drift_schedule,
+    drifts_for,
+    load_drift_schedule,
+)
+from fl.store import append_generated_batch, load_site_data
+
+OFFSET = DRIFT_SCHEDULE[0].offset_k
+
+
+def test_default_schedule_is_a_plant_b_sensor_offset_from_batch_5_only():
+    assert len(DRIFT_SCHEDULE) == 1
+    (drift,) = DRIFT_SCHEDULE
+    assert (drift.site, drift.kind, drift.onset_batch) == ("plant_b", "sensor_offset", 5)
+    assert drift.offset_k > 0
+    assert drifts_for("plant_a", DRIFT_SCHEDULE) == () and drifts_for("plant_c", DRIFT_SCHEDULE) == ()
+
+
+def test_without_override_the_default_schedule_is_in_force(monkeypatch):
+    monkeypatch.delenv(DRIFT_SCHEDULE_ENV, raising=False)
+    assert drift_schedule() == DRIFT_SCHEDULE
+    assert drifts_for("plant_b") == DRIFT_SCHEDULE
+
+
+def test_sensor_offset_changes_only_the_recorded_process_temperature_from_the_onset(plant_b_stream):
+    clean = stream("plant_b", 6, drifts=())
+    for index, (drifted, plain) in enumerate(zip(plant_b_stream, clean, strict=True), start=1):
+        others = [c for c in drifted.columns if c != "process_temperature_k"]
+        # Same machines, same failures: the sensor does not change what happens, only what is recorded.
+        pd.testing.assert_frame_equal(drifted[others], plain[others])
+        shift = (drifted["process_temperature_k"] - plain["process_temperature_k"]).to_numpy()
+        expected = OFFSET if index >= 5 else 0.0
+        np.testing.assert_allclose(shift, expected, atol=1e-9, err_msg=f"batch {index}")
+
+
+def test_after_the_onset_failures_follow_the_true_temperature_not_the_recorded_one(plant_b_stream):
+    rows = pd.concat(plant_b_stream[4:], ignore_index=True)
+    air, recorded, speed = rows["air_temperature_k"], rows["process_temperature_k"], rows["rotational_speed_rpm"]
+    true = (recorded - OFFSET).round(1)
+    np.testing.assert_array_equal(rows["hdf"], (((true - air) < 8.6) & (speed < 1380)).astype(int))
+    on_recorded = (((recorded - air) < 8.6) & (speed < 1380)).astype(int)
+    # Concept drift: the rule written on the recorded values now misses failures.
+    assert (rows["hdf"] != on_recorded).sum() > 10
+    # Every other rule still holds on the recorded values, and the label is still the OR of the modes.
+    power = rows["torque_nm"] * speed * 2 * np.pi / 60
+    np.testing.assert_array_equal(rows["pwf"], ((power < 3500) | (power > 9000)).astype(int))
+    np.testing.assert_array_equal(
+        rows["osf"], (rows["tool_wear_min"] * rows["torque_nm"] > rows["type"].map(OSF_LIMIT)).astype(int)
+    )
+    np.testing.assert_array_equal(rows[LABEL], rows[list(FAILURE_MODES)].max(axis=1))
+
+
+def test_before_the_onset_the_rules_hold_on_recorded_values(plant_b_stream):
+    rows = pd.concat(plant_b_stream[:4], ignore_index=True)
+    hdf = ((rows["process_temperature_k"] - rows["air_temperature_k"]) < 8.6) & (rows["rotational_speed_rpm"] < 1380)
+    np.testing.assert_array_equal(rows["hdf"], hdf.astype(int))
+
+
+def test_product_mix_change_draws_the_new_mix_from_its_onset():
+    scenario = SCENARIOS["plant_c-product-mix"]
+    (drift,) = scenario
+    frames = stream("plant_c", 7, scenario)
+    before = pd.concat(frames[: drift.onset_batch - 1])["type"].value_counts(normalize=True)
+    after = pd.concat(frames[drift.onset_batch - 1 :])["type"].value_counts(normalize=True)
+    for kind, old, new in zip("LMH", SITES["plant_c"].product_mix, drift.product_mix, strict=True):
+        assert before[kind] == pytest.approx(old, abs=0.04)
+        assert after[kind] == pytest.approx(new, abs=0.04)
+    rows = pd.concat(frames, ignore_index=True)  # a product-mix change keeps every rule on recorded values
+    hdf = ((rows["process_temperature_k"] - rows["air_temperature_k"]) < 8.6) & (rows["rotational_speed_rpm"] < 1380)
+    np.testing.assert_array_equal(rows["hdf"], hdf.astype(int))
+
+
+def test_a_drift_of_another_site_is_ignored():
+    a, _ = generate_batch(SITES["plant_a"], 6, drifts=DRIFT_SCHEDULE)
+    b, _ = generate_batch(SITES["plant_a"], 6, drifts=())
+    pd.testing.assert_frame_equal(a, b)
+
+
+@pytest.mark.parametrize("suffix", [".json", ".toml"])
+def test_the_environment_chooses_a_schedule_file(tmp_path, monkeypatch, suffix):
+    path = tmp_path / f"schedule{suffix}"
+    if suffix == ".json":
+        path.write_text(json.dumps({"drifts": [{"site": "plant_a", "kind": "sensor_offset", "onset_batch": 2,
+                                                "offset_k": -0.7}]}))
+    else:
+        path.write_text('[[drifts]]\nsite = "plant_a"\nkind = "sensor_offset"\nonset_batch = 2\noffset_k = -0.7\n')
+    monkeypatch.setenv(DRIFT_SCHEDULE_ENV, str(path))
+    assert drift_schedule() == (ScheduledDrift("plant_a", 2, "sensor_offset", offset_k=-0.7),)
+    # The store's generator follows it: plant_a's second batch reads 0.7 K low, plant_b stays clean.
+    store = tmp_path / "plant_a"
+    append_generated_batch(store, SITES["plant_a"], rows=200)
+    append_generated_batch(store, SITES["plant_a"], rows=200)
+    stored = load_site_data(store, "plant_a")
+    clean = pd.concat(stream("plant_a", 2, drifts=(), rows=200), ignore_index=True)
+    shift = (stored["process_temperature_k"] - clean["process_temperature_k"]).to_numpy()
+    np.testing.assert_allclose(shift[:200], 0.0, atol=1e-9)
+    np.testing.assert_allclose(shift[200:], -0.7, atol=1e-9)
+    assert drifts_for("plant_b") == ()
+
+
+def test_none_and_scenario_names(monkeypatch):
+    monkeypatch.setenv(DRIFT_SCHEDULE_ENV, "none")
+    assert drift_schedule() == ()
+    frame, _ = generate_batch(SITES["plant_b"], 6, rows=50)
+    clean, _ = generate_batch(SITES["plant_b"], 6, rows=50, drifts=())
+    pd.testing.assert_frame_equal(frame, clean)
+    monkeypatch.setenv(DRIFT_SCHEDULE_ENV, "plant_c-product-mix")
+    assert drift_schedule() == SCENARIOS["plant_c-product-mix"]
+
+
+@pytest.mark.parametrize(
+    ("document", "words"),
+    [
+        ({"drifts": [{"site": "plant_x", "kind": "sensor_offset", "onset_batch": 2, "offset_k": 1.0}]},
+         ["drifts[0]", "'site'", "plant_x"]),
+        ({"drifts": [{"site": "plant_a", "kind": "heatwave", "onset_batch": 2}]}, ["drifts[0]", "heatwave"]),
+        ({"drifts": [{"site": "plant_a", "kind": "sensor_offset", "offset_k": 1.0}]}, ["drifts[0]", "onset_batch"]),
+        ({"drifts": [{"site": "plant_a", "kind": "sensor_offset", "onset_batch": 0, "offset_k": 1.0}]},
+         ["onset_batch", ">= 1"]),
+        ({"drifts": [{"site": "plant_a", "kind": "sensor_offset", "onset_batch": 3, "offset_k": 0.25}]},
+         ["offset_k", "0.1"]),
+        ({"drifts": [{"site": "plant_a", "kind": "product_mix", "onset_batch": 3, "product_mix": [1, -1, 0]}]},
+         ["product_mix"]),
+        ({"drifts": [{"site": "plant_a", "kind": "product_mix", "onset_batch": 3, "colour": "red"}]},
+         ["unknown field", "colour"]),
+        ({"something": []}, ["'drifts'"]),
+    ],
+)
+def test_a_bad_schedule_names_the_file_the_entry_and_the_field(tmp_path, document, words):
+    path = tmp_path / "bad.json"
+    path.write_text(json.dumps(document))
+    with pytest.raises(DriftScheduleError) as err:
+        load_drift_schedule(path)
+    message = str(err.value)
+    assert str(path) in message
+    for word in words:
+        assert word in message, message
+
+
+def test_unreadable_or_missing_schedules_are_named(tmp_path, monkeypatch):
+    broken = tmp_path / "broken.toml"
+    broken.write_text("[[drifts]\nsite =")
+    with pytest.raises(DriftScheduleError, match="not valid TOML"):
+        load_drift_schedule(broken)
+    monkeypatch.setenv(DRIFT_SCHEDULE_ENV, str(tmp_path / "missing.json"))
+    with pytest.raises(DriftScheduleError, match=DRIFT_SCHEDULE_ENV):
+        drift_schedule()

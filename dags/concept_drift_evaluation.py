@@ -57,8 +57,9 @@ with DAG(
     registered = MledgeOperator(task_id="registered_sites", arguments=["drift", "sites"])
 
     @task
-    def site_names(answer: dict) -> list[str]:
-        return list(answer["sites"])
+    def site_names(answer: list[str]) -> list[str]:
+        """The registered sites, as a plain list to map over (``mledge drift sites`` answers one)."""
+        return list(answer)
 
     @task_group(group_id="site")
     def evaluate_site(site: str) -> None:

@@ -34,9 +34,9 @@ with DAG(
     sites = MledgeOperator(task_id="registered_sites", arguments=["drift", "sites"])
 
     @task
-    def collection_commands(registered: dict, params: dict | None = None) -> list[list[str]]:
+    def collection_commands(registered: list[str], params: dict | None = None) -> list[list[str]]:
         """One ``mledge drift collect`` per site: on a real deployment each runs where its site's data live."""
-        return [["drift", "collect", "--site", s, "--rows", str(params["rows"])] for s in registered["sites"]]
+        return [["drift", "collect", "--site", s, "--rows", str(params["rows"])] for s in registered]
 
     collect = MledgeOperator.partial(task_id="collect").expand(arguments=collection_commands(sites.output))
 

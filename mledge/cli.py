@@ -269,13 +269,10 @@ def build_parser() -> argparse.ArgumentParser:
     p = add(models, "rollback", cmd_models_rollback, "move alias champion back to the previous champion")
     p.add_argument("name", help="registered model, e.g. plant_b-axis_failures-federated")
 
-    import importlib
+    from mledge import costs_cli, drift_cli
 
-    for module in ("mledge.drift_cli", "mledge.costs_cli"):  # TEMPORARY guard while these are being written
-        try:
-            importlib.import_module(module).register(commands, add)
-        except ModuleNotFoundError:
-            pass
+    drift_cli.register(commands, add)
+    costs_cli.register(commands, add)
 
     p = add(commands, "status", cmd_status, "sites, SuperNodes, Flower runs and registered models")
     p.add_argument("--json", action="store_true", help="print JSON (the default for this program's commands)")

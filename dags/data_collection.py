@@ -43,11 +43,10 @@ with DAG(
     @task
     def check_quarantine(results: list[dict]) -> dict:
         """Fail the run, naming each quarantined file and why, when any batch was quarantined."""
-        quarantined = [
-            f"{r['site']}: {q['file']} ({q['reason']})" for r in results for q in r.get("quarantined", [])
-        ]
+        by_site = {site: r for result in results for site, r in result["sites"].items()}
+        quarantined = [f"{site}: {q['file']} ({q['reason']})" for site, r in by_site.items() for q in r["quarantined"]]
         if quarantined:
             raise ValueError("quarantined batches: " + "; ".join(quarantined))
-        return {"accepted": {r["site"]: r.get("accepted", []) for r in results}}
+        return {"accepted": {site: r["accepted"] for site, r in by_site.items()}}
 
     check_quarantine(collect.output)

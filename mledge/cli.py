@@ -66,6 +66,53 @@ def cmd_stack_status(args: argparse.Namespace, settings: Settings) -> dict:
     return stack.status(settings)
 
 
+# --- Flower TLS and SuperNode keys ---------------------------------------------------------------------------
+
+
+def cmd_pki_init(args: argparse.Namespace, settings: Settings) -> dict:
+    """The local CA and SuperLink certificate, and a key pair for each site whose store is here (mounted)."""
+    from mledge import node_keys, pki, stack
+
+    tls = pki.ensure_tls(settings.secrets, hostnames=[*args.hostname, *stack.superlink_hostnames()])
+    keys = {
+        site: node_keys.ensure_node_key(site, settings.site_store(site))
+        for site in settings.sites
+        if settings.site_store(site).is_dir()
+    }
+    return {
+        "ca_cert": str(tls.ca_cert),
+        "server_cert": str(tls.server_cert),
+        "server_key": str(tls.server_key),
+        "sites": {s: {"public_key": str(k.public_key), "fingerprint": k.fingerprint} for s, k in keys.items()},
+    }
+
+
+def cmd_nodes_register(args: argparse.Namespace, settings: Settings) -> list[dict]:
+    """Register public keys with the SuperLink: <dir>/<site>.pub, or each site's own keys/supernode.pub."""
+    from pathlib import Path
+
+    from mledge import node_keys, stack
+
+    if args.public_keys_dir:
+        keys = {p.stem: p for p in sorted(Path(args.public_keys_dir).glob("*.pub"))}
+        if not keys:
+            raise FileNotFoundError(f"no <site>.pub public key in {args.public_keys_dir}")
+    else:
+        here = [s for s in settings.sites if settings.site_store(s).is_dir()]
+        keys = {s: node_keys.public_key_path(settings.site_store(s)) for s in here}
+    done = node_keys.ensure_registered(keys, FLWR_CONNECTION, stack.supernode_registry(settings), _flwr_bin(settings))
+    return [
+        {"site": n.site, "node_id": n.node_id, "fingerprint": n.fingerprint, "newly_registered": n.newly_registered}
+        for n in done
+    ]
+
+
+def cmd_nodes_list(args: argparse.Namespace, settings: Settings) -> list[dict]:
+    from mledge import node_keys, stack
+
+    return node_keys.registered_nodes(FLWR_CONNECTION, stack.supernode_registry(settings), _flwr_bin(settings))
+
+
 # --- federated learning ----------------------------------------------------------------------------------
 
 
@@ -239,6 +286,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batches", type=int, default=3, help="initial batches per site")
     add(stack, "down", cmd_stack_down, "stop every component the stack started, by PID")
     add(stack, "status", cmd_stack_status, "which components run, with PIDs and health")
+
+    pki = commands.add_parser("pki", help="the SuperLink's local CA").add_subparsers(dest="sub", required=True)
+    p = add(pki, "init", cmd_pki_init, "create or reuse the local CA, SuperLink certificate and site key pairs")
+    p.add_argument("--hostname", action="append", default=[], help="extra SuperLink name (repeatable)")
+    nodes = commands.add_parser("nodes", help="SuperNode keys").add_subparsers(dest="sub", required=True)
+    p = add(nodes, "register", cmd_nodes_register, "register site public keys with the SuperLink (idempotent)")
+    p.add_argument("--public-keys-dir", default=None, help="folder of <site>.pub files (default: each site's key)")
+    add(nodes, "list", cmd_nodes_list, "the SuperLink's SuperNodes with their sites and status")
 
     fl = commands.add_parser("fl", help="federated runs on the SuperLink").add_subparsers(dest="sub", required=True)
     p = add(fl, "wait-nodes", cmd_fl_wait_nodes, "wait until enough SuperNodes are connected")

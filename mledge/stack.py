@@ -1,11 +1,14 @@
 """The local stack: start, check and stop MLEDGE's real components as separate processes on 127.0.0.1.
 
-Components: the MLflow tracking server, a Flower SuperLink (with ``--database``), one Flower SuperNode per site,
-and Airflow's api-server, scheduler and dag-processor. Each runs in its own process group; its PID is kept in
-``$MLEDGE_HOME/run/<name>.pid`` and its output in ``$MLEDGE_HOME/logs/<name>.log``. Stopping signals exactly
-those process groups, so nothing a component started (gunicorn workers, ClientApp processes) is left behind.
+Components: the MLflow tracking server, a Flower SuperLink (with ``--database``, TLS from the local CA of
+``mledge.pki`` and ``--enable-supernode-auth``), one Flower SuperNode per site (verifying that CA, signing with the
+site's key from ``mledge.node_keys``), and Airflow's api-server, scheduler and dag-processor. Each runs in its own
+process group; its PID is kept in ``$MLEDGE_HOME/run/<name>.pid`` and its output in
+``$MLEDGE_HOME/logs/<name>.log``. Stopping signals exactly those process groups, so nothing a component started
+(gunicorn workers, ClientApp processes) is left behind.
 
-Standard library only: the orchestrator environment and a container can run it as well.
+Standard library at import time (TLS and node keys import ``cryptography`` inside functions): the orchestrator
+environment and a container can run it as well.
 """
 
 from __future__ import annotations
@@ -131,15 +134,42 @@ def airflow_env(settings: Settings) -> dict[str, str]:
 
 
 def write_flwr_config(settings: Settings) -> None:
-    """The `flwr` CLI's connection to our SuperLink ($FLWR_HOME/config.toml)."""
+    """The `flwr` CLI's connection to our SuperLink ($FLWR_HOME/config.toml), verifying the local CA."""
+    from mledge import pki
+
     settings.flwr_home.mkdir(parents=True, exist_ok=True)
     (settings.flwr_home / "config.toml").write_text(
-        f'[superlink]\ndefault = "{FLWR_CONNECTION}"\n\n'
-        f'[superlink.{FLWR_CONNECTION}]\naddress = "{settings.superlink_address}"\ninsecure = true\n'
+        pki.flwr_connection_toml(FLWR_CONNECTION, settings.superlink_address, pki.tls_files(settings.secrets))
     )
 
 
+def supernode_registry(settings: Settings) -> Path:
+    """node id -> site of the registered SuperNode keys; beside the SuperLink database it describes."""
+    return settings.home / "flower" / "supernodes.json"
+
+
+def superlink_hostnames() -> list[str]:
+    """Names besides 127.0.0.1/localhost the SuperLink certificate must carry (e.g. the compose service)."""
+    return [n.strip() for n in os.environ.get("MLEDGE_SUPERLINK_HOSTNAMES", "").split(",") if n.strip()]
+
+
+def _supernode_healthy(settings: Settings, site: str, port: int) -> Callable[[], bool]:
+    """Healthy once the SuperLink accepted it: a refused SuperNode opens its port too, then exits (code 305)."""
+    from mledge.node_keys import supernode_activated
+
+    port_open = _port_open(port)
+
+    def check() -> bool:
+        path = settings.logs / f"supernode-{site}.log"
+        return port_open() and path.exists() and supernode_activated(path.read_text(errors="replace")) is not None
+
+    return check
+
+
 def components(settings: Settings) -> list[Component]:
+    from mledge import node_keys, pki
+
+    tls = pki.tls_files(settings.secrets)  # paths only: `up` creates the files before anything starts
     wl = workload_env(settings)
     af = airflow_env(settings)
     server = mlflow_server_config(settings.repo)["server"]
@@ -166,7 +196,9 @@ def components(settings: Settings) -> list[Component]:
         Component(
             "superlink",
             [
-                str(settings.bin("workload", "flower-superlink")), "--insecure",
+                str(settings.bin("workload", "flower-superlink")),
+                *pki.superlink_tls_args(tls),
+                *node_keys.superlink_auth_args(),
                 "--disable-runtime-dependency-installation",
                 "--database", str(settings.home / "flower" / "superlink.db"),
                 "--host", "127.0.0.1", "--port", str(settings.superlink_port),
@@ -181,13 +213,15 @@ def components(settings: Settings) -> list[Component]:
             Component(
                 f"supernode-{site}",
                 [
-                    str(settings.bin("workload", "flower-supernode")), "--insecure",
+                    str(settings.bin("workload", "flower-supernode")),
+                    *pki.supernode_tls_args(tls),
+                    *node_keys.supernode_auth_args(node_keys.private_key_path(settings.site_store(site))),
                     "--superlink", settings.superlink_address,
                     "--node-config", f"site='{site}' data-dir='{settings.site_store(site)}'",
                     "--host", "127.0.0.1", "--port", str(port),
                 ],
                 wl,
-                _port_open(port),
+                _supernode_healthy(settings, site, port),
             )
         )
     airflow = str(settings.bin("orchestrator", "airflow"))
@@ -266,8 +300,8 @@ def wait_healthy(settings: Settings, wanted: list[Component], timeout: float) ->
         for component in list(pending):
             if not running_pid(settings, component.name):
                 raise StackError(
-                    f"{component.name} exited during start-up; end of {settings.logs}/{component.name}.log:\n"
-                    + log_tail(settings, component.name)
+                    f"{component.name} exited during start-up{_refusal(settings, component.name)}; end of "
+                    f"{settings.logs}/{component.name}.log:\n" + log_tail(settings, component.name)
                 )
             if component.healthy():
                 pending.remove(component)
@@ -278,6 +312,17 @@ def wait_healthy(settings: Settings, wanted: list[Component], timeout: float) ->
             )
         if pending:
             time.sleep(0.5)
+
+
+def _refusal(settings: Settings, name: str) -> str:
+    """For a SuperNode the SuperLink refused: why, in one clause."""
+    from mledge.node_keys import supernode_refusal
+
+    path = settings.logs / f"{name}.log"
+    if not name.startswith("supernode-") or not path.exists():
+        return ""
+    refusal = supernode_refusal(path.read_text(errors="replace"))
+    return f": {refusal}" if refusal else ""
 
 
 def stop(settings: Settings, name: str, sig: int = signal.SIGTERM, grace: float = 20.0) -> bool:
@@ -343,20 +388,44 @@ def migrate_airflow(settings: Settings) -> None:
 
 
 def up(settings: Settings, timeout: float = 180.0, say: Callable[[str], None] = print) -> dict[str, int]:
-    """Start every component that is not running and wait until all are healthy."""
+    """Start every component that is not running and wait until all are healthy.
+
+    Order: the local CA and each site's key pair exist; MLflow and the SuperLink start and are healthy; each
+    site's public key is registered with the SuperLink; then the SuperNodes and Airflow start.
+    """
+    from mledge import node_keys, pki
+
     for path in (settings.home / "flower", settings.home / "mlflow", settings.data_root):
         path.mkdir(parents=True, exist_ok=True)
+    pki.ensure_tls(settings.secrets, hostnames=superlink_hostnames())
     write_flwr_config(settings)
+    # Each site makes its own key where it runs; in the local stack all sites run here.
+    keys = {site: node_keys.ensure_node_key(site, settings.site_store(site)) for site in settings.sites}
     every = components(settings)
     if not running_pid(settings, "airflow-api-server"):
         say("migrating the Airflow metadata database")
         migrate_airflow(settings)
     pids = {}
-    for component in every:
-        pid, started = start(settings, component)
-        pids[component.name] = pid
-        say(f"{'started' if started else 'running'} {component.name} (pid {pid})")
-    wait_healthy(settings, every, timeout)
+
+    def launch(group: list[Component]) -> None:
+        for component in group:
+            pid, started = start(settings, component)
+            pids[component.name] = pid
+            say(f"{'started' if started else 'running'} {component.name} (pid {pid})")
+        wait_healthy(settings, group, timeout)
+
+    first = [c for c in every if c.name in ("mlflow", "superlink")]
+    launch(first)
+    os.environ.setdefault("FLWR_HOME", str(settings.flwr_home))  # the `flwr` CLI below reads its connection there
+    for node in node_keys.ensure_registered(
+        {site: key.public_key for site, key in keys.items()},
+        FLWR_CONNECTION,
+        supernode_registry(settings),
+        str(settings.bin("workload", "flwr")),
+    ):
+        say(f"{'registered' if node.newly_registered else 'known'} SuperNode key of {node.site} "
+            f"({node.fingerprint}, node {node.node_id})")
+    launch([c for c in every if c not in first])
     _wait_airflow(settings, timeout)
     return pids
 

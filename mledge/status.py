@@ -66,8 +66,14 @@ def registered_models(pattern: str = "%axis_failures%") -> list[dict[str, Any]]:
     return models
 
 
+def _log(settings: Settings, name: str) -> str:
+    path = settings.logs / f"{name}.log"
+    return path.read_text(errors="replace") if path.exists() else ""
+
+
 def collect(settings: Settings) -> dict[str, Any]:
     from fl.store import batch_paths
+    from mledge.node_keys import public_key_path, refused_nodes, supernode_refusal
 
     components = stack.status(settings)
     online, runs, flower_error = _flower(settings)
@@ -83,8 +89,11 @@ def collect(settings: Settings) -> dict[str, Any]:
                 "supernode_pid": process.get("pid"),
                 "node_id": node_id,
                 "connected": bool(process.get("pid")) and node_id in online,
+                # Why it is not connected, when the SuperLink refused its key (None otherwise).
+                "refused": supernode_refusal(_log(settings, f"supernode-{site}")),
             }
         )
+    site_keys = {s: public_key_path(settings.site_store(s)) for s in settings.sites}
     try:
         models = registered_models()
         models_error = None
@@ -92,7 +101,13 @@ def collect(settings: Settings) -> dict[str, Any]:
         models, models_error = [], f"{exc.__class__.__name__}: {exc}"
     return {
         "sites": sites,
-        "superlink": {"address": settings.superlink_address, "online_nodes": len(online), "error": flower_error},
+        "superlink": {
+            "address": settings.superlink_address,
+            "online_nodes": len(online),
+            "error": flower_error,
+            # Sites (or unknown keys) whose SuperNode the SuperLink refused since it started.
+            "refused": refused_nodes(_log(settings, "superlink"), site_keys),
+        },
         "flower_runs": runs,
         "registered_models": models,
         "registry_error": models_error,

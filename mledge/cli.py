@@ -247,6 +247,14 @@ def cmd_models_rollback(args: argparse.Namespace, settings: Settings) -> dict:
 # --- overview --------------------------------------------------------------------------------------------
 
 
+def cmd_secrets_show(args: argparse.Namespace, settings: Settings) -> dict:
+    """A stored credential, on request (the only place besides first setup where one is printed)."""
+    from mledge import mlflow_auth
+
+    identity = args.name.removeprefix("mlflow-")
+    return {"url": settings.mlflow_uri, "username": identity, "password": mlflow_auth.show_password(settings, identity)}
+
+
 def cmd_status(args: argparse.Namespace, settings: Settings) -> dict:
     from mledge.status import collect
 
@@ -312,6 +320,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--run-id", required=True)
     p.add_argument("--timeout", type=float, default=1800)
 
+    sec = commands.add_parser("secrets", help="generated credentials").add_subparsers(dest="sub", required=True)
+    p = add(sec, "show", cmd_secrets_show, "print one stored credential, e.g. mlflow-admin (MLflow UI login)")
+    p.add_argument("name", help="mlflow-<identity>: mlflow-admin, mlflow-platform, mlflow-plant_a, ...")
+
     models = commands.add_parser("models", help="the model registry").add_subparsers(dest="sub", required=True)
     p = add(models, "promote", cmd_models_promote, "register a run's global model and apply the promotion gate")
     p.add_argument("--flower-run-id", required=True)
@@ -357,6 +369,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     os.environ.setdefault("MLFLOW_TRACKING_URI", settings.mlflow_uri)
     os.environ.setdefault("FLWR_HOME", str(settings.flwr_home))
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+    # Run by a person on the stack's machine, act as the platform identity once setup has made it; in an
+    # Airflow task the environment already names it.
+    from mledge import mlflow_auth
+
+    if "MLFLOW_TRACKING_USERNAME" not in os.environ and mlflow_auth.secrets_file(settings).exists():
+        os.environ.update(mlflow_auth.client_env(settings, "platform"))
     try:
         result = args.func(args, settings)
     except Exception as exc:  # one clear line for people and task logs; -v shows the traceback

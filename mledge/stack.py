@@ -110,6 +110,8 @@ def workload_env(settings: Settings) -> dict[str, str]:
 
 
 def airflow_env(settings: Settings) -> dict[str, str]:
+    from mledge import mlflow_auth
+
     env = workload_env(settings)
     db_url = settings.airflow_db_url or f"sqlite:///{settings.airflow_home / 'airflow.db'}"
     env.update(ensure_secret_env(settings))
@@ -130,6 +132,8 @@ def airflow_env(settings: Settings) -> dict[str, str]:
         AIRFLOW__DAG_PROCESSOR__REFRESH_INTERVAL="30",
         MLEDGE_BIN=str(settings.bin("workload", "mledge")),
     )
+    # Airflow tasks act on MLflow as the platform identity (MLFLOW_TRACKING_USERNAME/PASSWORD).
+    env.update(mlflow_auth.client_env(settings, "platform"))
     return env
 
 
@@ -167,13 +171,19 @@ def _supernode_healthy(settings: Settings, site: str, port: int) -> Callable[[],
 
 
 def components(settings: Settings) -> list[Component]:
-    from mledge import node_keys, pki
+    from mledge import mlflow_auth, node_keys, pki
 
     tls = pki.tls_files(settings.secrets)  # paths only: `up` creates the files before anything starts
     wl = workload_env(settings)
     af = airflow_env(settings)
+    # The ServerApp runs in the SuperLink's environment and logs to MLflow as the platform identity; the
+    # SuperNodes (sites) get no MLflow credentials: their ClientApps never call MLflow.
+    superlink_env = {**wl, **mlflow_auth.client_env(settings, "platform")}
     server = mlflow_server_config(settings.repo)["server"]
-    mlflow_env = {**wl, **mlflow_server_config(settings.repo).get("environment", {})}
+    # Basic-auth: generated config and Flask key (0600, under $MLEDGE_HOME/secrets), inherited auth variables dropped.
+    mlflow_env = mlflow_auth.auth_server_env(
+        settings, {**wl, **mlflow_server_config(settings.repo).get("environment", {})}
+    )
 
     def under_home(value: str) -> str:
         return value if "://" in value else str(settings.home / value)
@@ -183,7 +193,7 @@ def components(settings: Settings) -> list[Component]:
         Component(
             "mlflow",
             [
-                str(settings.bin("workload", "mlflow")), "server",
+                str(settings.bin("workload", "mlflow")), "server", *mlflow_auth.auth_server_args(settings),
                 "--backend-store-uri", backend if "://" in backend else f"sqlite:///{backend}",
                 "--artifacts-destination", under_home(server["artifacts_destination"]),
                 "--host", server["host"], "--port", str(settings.mlflow_port),
@@ -203,7 +213,7 @@ def components(settings: Settings) -> list[Component]:
                 "--database", str(settings.home / "flower" / "superlink.db"),
                 "--host", "127.0.0.1", "--port", str(settings.superlink_port),
             ],
-            wl,
+            superlink_env,
             _port_open(settings.superlink_port),
         ),
     ]
@@ -390,10 +400,11 @@ def migrate_airflow(settings: Settings) -> None:
 def up(settings: Settings, timeout: float = 180.0, say: Callable[[str], None] = print) -> dict[str, int]:
     """Start every component that is not running and wait until all are healthy.
 
-    Order: the local CA and each site's key pair exist; MLflow and the SuperLink start and are healthy; each
-    site's public key is registered with the SuperLink; then the SuperNodes and Airflow start.
+    Order: the local CA and each site's key pair exist; MLflow and the SuperLink start and are healthy; MLflow's
+    users and permission matrix (mlflow/permissions.toml) are applied; each site's public key is registered with
+    the SuperLink; then the SuperNodes and Airflow start.
     """
-    from mledge import node_keys, pki
+    from mledge import mlflow_auth, node_keys, pki
 
     for path in (settings.home / "flower", settings.home / "mlflow", settings.data_root):
         path.mkdir(parents=True, exist_ok=True)
@@ -416,6 +427,12 @@ def up(settings: Settings, timeout: float = 180.0, say: Callable[[str], None] = 
 
     first = [c for c in every if c.name in ("mlflow", "superlink")]
     launch(first)
+    # Before anything logs to MLflow: users, the experiments and registered models (made by `platform`), grants.
+    applied = mlflow_auth.apply_permissions(settings)
+    if applied["changed"]:
+        say(f"applied {applied['matrix']} to MLflow: users created {applied['users_created']}, resources created "
+            f"{len(applied['resources_created'])}, grants {len(applied['granted'])} given, "
+            f"{len(applied['revoked'])} revoked")
     os.environ.setdefault("FLWR_HOME", str(settings.flwr_home))  # the `flwr` CLI below reads its connection there
     for node in node_keys.ensure_registered(
         {site: key.public_key for site, key in keys.items()},

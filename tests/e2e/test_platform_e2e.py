@@ -84,8 +84,14 @@ class Platform:
         password = password_for(self.home / "secrets" / "airflow_passwords.json", user)
         return AirflowClient(self.airflow_url, user, password)
 
-    def mlflow(self, path: str, **params) -> dict:
-        response = requests.get(f"{self.mlflow_url}/api/2.0/mlflow/{path}", params=params, timeout=30)
+    def mlflow_login(self, identity: str = "platform") -> tuple[str, str]:
+        users = json.loads((self.home / "secrets" / "mlflow_users.json").read_text())["users"]
+        return identity, users[identity]
+
+    def mlflow(self, path: str, identity: str = "platform", **params) -> dict:
+        response = requests.get(
+            f"{self.mlflow_url}/api/2.0/mlflow/{path}", params=params, auth=self.mlflow_login(identity), timeout=30
+        )
         response.raise_for_status()
         return response.json()
 
@@ -287,6 +293,17 @@ def test_drift_at_plant_b_triggers_retraining_through_the_asset(platform):
         assert tags["mledge.dag_run_id"] == run_id
         assert tags[f"mledge.data_window.{site}"] == "batch-000002:batch-000004"
         assert site_aliases(platform, site)["champion"] in {"1", "2", expected}
+
+
+def test_mlflow_refuses_anonymous_and_other_sites(platform):
+    url = f"{platform.mlflow_url}/api/2.0/mlflow/registered-models/get"
+    assert requests.get(url, params={"name": GLOBAL_MODEL}, timeout=30).status_code == 401
+    assert platform.mlflow("registered-models/get", identity="plant_a", name=GLOBAL_MODEL)["registered_model"]
+    assert platform.mlflow("registered-models/get", identity="plant_a", name="plant_a-axis_failures-federated")
+    other = requests.get(
+        url, params={"name": "plant_b-axis_failures-federated"}, auth=platform.mlflow_login("plant_a"), timeout=30
+    )
+    assert other.status_code == 403
 
 
 def test_airflow_refuses_anonymous_and_read_only_users(platform):

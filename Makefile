@@ -7,7 +7,7 @@ WL := $(VENVS)/workload
 AF := $(VENVS)/orchestrator
 PIP_FLAGS := --quiet --disable-pip-version-check
 
-.PHONY: setup demo demo-attack down status bench bench-robust bench-speed test test-unit test-dags test-e2e lint lock clean
+.PHONY: browser setup demo demo-attack down status bench bench-robust bench-speed test test-unit test-dags test-e2e lint lock clean
 
 setup: $(WL)/.installed $(AF)/.installed ## build both environments from the lock files
 
@@ -44,8 +44,11 @@ test-unit: setup
 test-dags: setup
 	$(AF)/bin/python -m pytest -q tests/orchestrator
 
-test-e2e: setup
+test-e2e: setup browser
 	$(WL)/bin/python -m pytest -q -m e2e tests/e2e
+
+browser: ## Debian's chromium and chromium-driver for the UI test in headless Chromium (idempotent)
+	.ci/install-browser
 
 lint: setup
 	$(WL)/bin/ruff check .

@@ -369,6 +369,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     os.environ.setdefault("MLFLOW_TRACKING_URI", settings.mlflow_uri)
     os.environ.setdefault("FLWR_HOME", str(settings.flwr_home))
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+    # stdout is this program's JSON answer: MLflow must not print "View run ... at" there.
+    os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
     # Run by a person on the stack's machine, act as the platform identity once setup has made it; in an
     # Airflow task the environment already names it.
     from mledge import mlflow_auth

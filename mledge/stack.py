@@ -105,6 +105,7 @@ def workload_env(settings: Settings) -> dict[str, str]:
         FLWR_HOME=str(settings.flwr_home),
         MLFLOW_SKIP_PIP_REQUIREMENTS_CHECK="true",
         MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR="false",
+        MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT="true",
     )
     return env
 

@@ -95,9 +95,6 @@ def stack(tmp_path_factory) -> Iterator[Stack]:
         MLEDGE_MLFLOW_PORT=str(mlflow_port),
         MLEDGE_SUPERLINK_PORT=str(superlink_port),
         MLEDGE_SUPERNODE_PORT=str(supernode_ports[0]),
-        # MLflow writes "View run ... at: URL" to stdout when a run ends, which breaks the one-JSON-document
-        # output of `mledge drift decide`; the lead was told (the fix belongs in `mledge`'s own environment).
-        MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT="true",
     )
     platform = Stack(home, env, airflow_port)
     pids: dict[str, int] = {}

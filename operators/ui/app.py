@@ -1,0 +1,391 @@
+"""The FastAPI app the api-server mounts under ``/mledge``: HTML pages for people, the same data as JSON.
+
+| route                                   | what                                                              |
+|-----------------------------------------|-------------------------------------------------------------------|
+| GET  /drift?site=&status=               | drift review page (filters by site and status)                    |
+| POST /drift/alerts/{id}/{action}        | acknowledge, dismiss or approve (form buttons; redirects back)    |
+| GET  /costs?project=&from=&until=       | Costs page: daily cost per provider chart, totals, recommend form |
+| POST /costs/recommend                   | the recommendation form                                           |
+| GET  /api/me                            | the logged-in user and what they may do                           |
+| GET  /api/drift/alerts?site=&status=    | alerts as ``mledge drift alerts --json`` gives them               |
+| POST /api/drift/alerts/{id}/review      | ``{"action": ...}`` -> ``{"alert": {...}, "asset_event": {...}}`` |
+| GET  /api/costs/report?project=&from=&to= | ``mledge costs report --json --chart-svg`` (``to`` exclusive)   |
+| GET  /api/costs/recommend?vcpus=&memory_gib=&gpus=&gpu_class=&regions=&hours= | ``mledge costs recommend --json`` |
+
+Anonymous requests get 401 on ``/api`` and a redirect to Airflow's login page elsewhere; a role without the
+permission gets 403 (see ``access``). A failing ``mledge`` command is shown in an error box (JSON: 502).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+import re
+from collections.abc import Mapping
+from decimal import Decimal, InvalidOperation
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlencode
+
+from fastapi import APIRouter, FastAPI, HTTPException, Query, Request, status
+from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
+from fastapi.staticfiles import StaticFiles
+from fastapi.templating import Jinja2Templates
+from pydantic import BaseModel
+from starlette.concurrency import run_in_threadpool
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from operators.ui import access, asset_events, forms, links, workload
+from operators.ui.access import UserDep
+from operators.ui.workload import REVIEW_ACTIONS, WorkloadError
+
+HERE = Path(__file__).resolve().parent
+STATUSES = ("new", "acknowledged", "dismissed", "retraining", "resolved")
+# Which buttons an alert in a given status offers; the workload command has the last word on transitions.
+ACTIONS_BY_STATUS = {
+    "new": ("acknowledge", "dismiss", "approve"),
+    "acknowledged": ("dismiss", "approve"),
+    "dismissed": ("acknowledge",),  # reopens it
+}
+ACTION_LABELS = {"acknowledge": "Acknowledge", "dismiss": "Dismiss", "approve": "Approve retraining"}
+DONE_WORDS = {"acknowledge": "acknowledged", "dismiss": "dismissed", "approve": "approved for retraining"}
+_DAG_ID = re.compile(r"^[A-Za-z0-9_.-]{1,250}$")
+
+# Our own pages only load our own files; the chart is an <img> data URI, so nothing in it can run.
+SECURITY_HEADERS = {
+    "Content-Security-Policy": (
+        "default-src 'self'; img-src 'self' data:; style-src 'self'; script-src 'self'; "
+        "form-action 'self'; frame-ancestors 'self'; base-uri 'none'; object-src 'none'"
+    ),
+    "X-Content-Type-Options": "nosniff",
+    "Referrer-Policy": "same-origin",
+}
+
+
+# --- formatting ------------------------------------------------------------------------------------------
+
+
+def money(value: Any, digits: int = 2) -> str:
+    """Amounts arrive as Decimal strings (or numbers): shown exactly rounded, never through a float."""
+    try:
+        return f"{Decimal(str(value)):,.{digits}f}"
+    except (InvalidOperation, ValueError):
+        return "" if value is None else str(value)
+
+
+def number(value: Any, digits: int = 4) -> str:
+    if value is None:
+        return "–"
+    try:
+        x = float(value)
+    except (TypeError, ValueError):
+        return str(value)
+    return f"{x:.2e}" if x and abs(x) < 10 ** -digits else f"{x:.{digits}f}"
+
+
+templates = Jinja2Templates(directory=str(HERE / "templates"))
+templates.env.filters.update(money=money, number=number)
+
+app = FastAPI(title="MLEDGE", docs_url=None, redoc_url=None, openapi_url=None)
+app.mount("/static", StaticFiles(directory=str(HERE / "static")), name="static")
+api = APIRouter(prefix="/api")
+
+
+@app.middleware("http")
+async def security_headers(request: Request, call_next: Any) -> Response:
+    response = await call_next(request)
+    for name, value in SECURITY_HEADERS.items():
+        response.headers.setdefault(name, value)
+    return response
+
+
+def _base(request: Request) -> str:
+    """Where this app is mounted (``/mledge``, behind any base_url path): links are built from it."""
+    return request.scope.get("root_path", "").rstrip("/")
+
+
+def _is_api(request: Request) -> bool:
+    return request.url.path.removeprefix(_base(request)).startswith("/api/")
+
+
+def _box(title: str, exc: Exception | str) -> dict[str, str]:
+    return {"title": title, "message": str(exc)}
+
+
+@app.exception_handler(StarletteHTTPException)
+async def http_error(request: Request, exc: StarletteHTTPException) -> Response:
+    if _is_api(request):
+        return JSONResponse({"detail": exc.detail}, status_code=exc.status_code, headers=exc.headers)
+    # No (valid) session: the login page, which brings the person back here afterwards.
+    if exc.status_code == status.HTTP_401_UNAUTHORIZED or exc.detail == "Invalid JWT token":
+        return RedirectResponse(access.login_url(request), status_code=status.HTTP_303_SEE_OTHER)
+    context = {"base": _base(request), "title": "Error", "page": "", "user_name": None, "can": {},
+               "errors": [_box(f"HTTP {exc.status_code}", exc.detail)]}
+    return templates.TemplateResponse(request, "error.html", context, status_code=exc.status_code)
+
+
+def _context(request: Request, user: Any, page: str, title: str) -> dict[str, Any]:
+    return {
+        "base": _base(request), "page": page, "title": title, "user_name": user.get_name(),
+        "can": access.permissions(user), "errors": [], "notice": None,
+    }
+
+
+# --- drift review ----------------------------------------------------------------------------------------
+
+
+def _filter(alerts: list[dict], site: str, status_: str) -> list[dict]:
+    return [a for a in alerts if (not site or a.get("site") == site) and (not status_ or a.get("status") == status_)]
+
+
+def _row(alert: dict) -> dict[str, Any]:
+    details = alert.get("details") if isinstance(alert.get("details"), dict) else {}
+    return {
+        **alert,
+        "report_link": links.report_link(alert.get("report_uri"), details),
+        "models": [(name, links.model_link(name)) for name in links.model_names(alert.get("site"))],
+        "actions": ACTIONS_BY_STATUS.get(alert.get("status", ""), ()),
+        "details_json": json.dumps(alert.get("details"), indent=2, sort_keys=True, default=str)
+        if alert.get("details") else "",
+    }
+
+
+def _done_notice(params: Mapping[str, str]) -> str | None:
+    """The message after an action's redirect, composed from checked parameters only (no free text)."""
+    action, alert = params.get("done", ""), params.get("alert", "")
+    if action not in DONE_WORDS or not alert.isdigit():
+        return None
+    notice = f"Alert {alert} {DONE_WORDS[action]}."
+    if action == "approve" and params.get("event", "").isdigit():
+        notice += f" Asset event {params['event']} emitted on {asset_events.DRIFT_ASSET_URI}."
+        queued = [d for d in params.get("queued", "").split(",") if _DAG_ID.match(d)]
+        paused = [d for d in params.get("paused", "").split(",") if _DAG_ID.match(d)]
+        if queued:
+            notice += f" Queued: {', '.join(queued)}."
+        if paused:
+            notice += f" Not queued because paused: {', '.join(paused)} (unpause to retrain on the next approval)."
+        if not queued and not paused:
+            notice += " No DAG is scheduled on this Asset."
+    return notice
+
+
+async def _drift_page(
+    request: Request, user: Any, site: str, status_: str, *, errors: list[dict] | None = None,
+    status_code: int = 200,
+) -> HTMLResponse:
+    context = _context(request, user, "drift", "Drift review")
+    context["errors"] = list(errors or [])
+    try:
+        alerts = await workload.drift_alerts()
+    except WorkloadError as exc:
+        alerts = []
+        context["errors"].append(_box("Could not load the drift alerts", exc))
+    counts = {s: sum(1 for a in alerts if a.get("status") == s) for s in STATUSES}
+    context.update(
+        alerts=[_row(a) for a in _filter(alerts, site, status_)],
+        total=len(alerts),
+        counts=counts,
+        sites=sorted({str(a["site"]) for a in alerts if a.get("site")} | ({site} if site else set())),
+        statuses=STATUSES,
+        site=site,
+        status=status_,
+        labels=ACTION_LABELS,
+        notice=_done_notice(request.query_params),
+        asset_uri=asset_events.DRIFT_ASSET_URI,
+    )
+    return templates.TemplateResponse(request, "drift.html", context, status_code=status_code)
+
+
+async def review(alert_id: int, action: str, user: Any) -> dict[str, Any]:
+    """Record the decision under the user's name; an approval also emits the drift Asset event."""
+    name = user.get_name()
+    if action == "approve":  # refuse before anything is recorded if retraining could not follow
+        await run_in_threadpool(asset_events.check_drift_asset)
+    alert = await workload.review_alert(alert_id, action, name)
+    event = None
+    if action == "approve":
+        try:
+            event = await run_in_threadpool(asset_events.emit_drift_approval, alert, name)
+        except Exception as exc:
+            raise asset_events.AssetEventError(
+                f"alert {alert_id} is now {alert.get('status')!r}, but its Asset event failed: {exc}"
+            ) from exc
+    return {"alert": alert, "asset_event": event}
+
+
+@app.get("/", include_in_schema=False)
+async def index(request: Request) -> RedirectResponse:
+    return RedirectResponse(f"{_base(request)}/drift", status_code=status.HTTP_303_SEE_OTHER)
+
+
+@app.get("/drift", response_class=HTMLResponse)
+async def drift_page(request: Request, user: UserDep, site: str = "", status_: str = Query("", alias="status")):
+    access.require(user, access.VIEW_DRIFT)
+    return await _drift_page(request, user, site, status_)
+
+
+@app.post("/drift/alerts/{alert_id}/{action}", response_class=HTMLResponse)
+async def drift_action(request: Request, alert_id: int, action: str, user: UserDep):
+    form = await request.form()
+    site, status_ = str(form.get("site", "")), str(form.get("status", ""))
+    if action not in REVIEW_ACTIONS:
+        raise HTTPException(status.HTTP_404_NOT_FOUND, f"unknown action {action!r}")
+    try:
+        access.check_same_origin(request)
+        access.require(user, access.ACTION_PERMISSIONS[action])
+        outcome = await review(alert_id, action, user)
+    except HTTPException as exc:
+        return await _drift_page(request, user, site, status_, errors=[_box("Refused", exc.detail)],
+                                 status_code=exc.status_code)
+    except WorkloadError as exc:
+        box = _box(f"Could not {action} alert {alert_id}", exc)
+        return await _drift_page(request, user, site, status_, errors=[box], status_code=status.HTTP_502_BAD_GATEWAY)
+    except asset_events.AssetEventError as exc:
+        return await _drift_page(request, user, site, status_, errors=[_box("Retraining could not be triggered", exc)],
+                                 status_code=status.HTTP_409_CONFLICT)
+    params = {"site": site, "status": status_, "done": action, "alert": alert_id}
+    if event := outcome["asset_event"]:
+        params.update(event=event["event_id"], queued=",".join(event["queued_dag_ids"]),
+                      paused=",".join(event["paused_dag_ids"]))
+    query = urlencode({k: v for k, v in params.items() if v != ""})
+    return RedirectResponse(f"{_base(request)}/drift?{query}", status_code=status.HTTP_303_SEE_OTHER)
+
+
+# --- costs -----------------------------------------------------------------------------------------------
+
+
+def _chart_src(svg: Any) -> str | None:
+    if not isinstance(svg, str) or "<svg" not in svg[:500]:
+        return None
+    return "data:image/svg+xml;base64," + base64.b64encode(svg.encode()).decode()
+
+
+def _daily_table(report: dict) -> dict[str, Any]:
+    """by_day rows as a day x provider table (the chart's numbers, readable without the picture)."""
+    providers = sorted({str(r.get("provider")) for r in report.get("by_day") or []})
+    days: dict[str, dict[str, Any]] = {}
+    for row in report.get("by_day") or []:
+        days.setdefault(str(row.get("day")), {})[str(row.get("provider"))] = row.get("cost")
+    return {"providers": providers, "days": sorted(days.items())}
+
+
+async def _costs_page(request: Request, user: Any, report_values: Mapping[str, Any],
+                      recommend_values: Mapping[str, Any] | None) -> HTMLResponse:
+    context = _context(request, user, "costs", "Costs")
+    context.update(report=None, chart=None, daily=None, recommendation=None, form_problems={},
+                   query={"project": forms.DEFAULT_PROJECT, "from": "", "until": ""},
+                   template={"vcpus": "8", "memory_gib": "32", "gpus": "1", "gpu_class": "T4", "regions": "",
+                             "hours": ""})
+    jobs: dict[str, Any] = {}
+    try:
+        query = forms.report_query(report_values, last_day_key="until")
+        context["query"] = {"project": query.project, "from": query.start.isoformat(),
+                            "until": query.last_day.isoformat()}
+        jobs["report"] = workload.costs_report(query.project, query.start, query.end)
+    except forms.FormError as exc:
+        context["errors"].append(_box("Cost report: check the form", exc))
+        context["form_problems"].update(exc.problems)
+    if recommend_values is not None:
+        context["template"] = {k: str(recommend_values.get(k, "")) for k in context["template"]}
+        try:
+            jobs["recommendation"] = workload.costs_recommend(forms.template(recommend_values).as_dict())
+        except forms.FormError as exc:
+            context["errors"].append(_box("Recommendation: check the form", exc))
+            context["form_problems"].update(exc.problems)
+    results = await asyncio.gather(*jobs.values(), return_exceptions=True)
+    for key, result in zip(jobs, results, strict=True):
+        if isinstance(result, WorkloadError):
+            context["errors"].append(_box(f"Could not compute the {key}", result))
+        elif isinstance(result, BaseException):
+            raise result
+        else:
+            context[key] = result
+    if context["report"]:
+        context["chart"] = _chart_src(context["report"].get("chart_svg"))
+        context["daily"] = _daily_table(context["report"])
+    return templates.TemplateResponse(request, "costs.html", context)
+
+
+@app.get("/costs", response_class=HTMLResponse)
+async def costs_page(request: Request, user: UserDep):
+    access.require(user, access.VIEW_COSTS)
+    return await _costs_page(request, user, request.query_params, None)
+
+
+@app.post("/costs/recommend", response_class=HTMLResponse)
+async def costs_recommend_page(request: Request, user: UserDep):
+    access.require(user, access.VIEW_COSTS)
+    access.check_same_origin(request)
+    form = await request.form()
+    report_values = {"project": form.get("project"), "from": form.get("from"), "until": form.get("until")}
+    return await _costs_page(request, user, report_values, form)
+
+
+# --- JSON ------------------------------------------------------------------------------------------------
+
+
+class ReviewBody(BaseModel):
+    action: str
+
+
+def _workload_failure(exc: WorkloadError) -> JSONResponse:
+    return JSONResponse({"detail": str(exc), "command": exc.command}, status_code=status.HTTP_502_BAD_GATEWAY)
+
+
+def _form_failure(exc: forms.FormError) -> JSONResponse:
+    return JSONResponse({"detail": str(exc), "fields": exc.problems}, status_code=status.HTTP_400_BAD_REQUEST)
+
+
+@api.get("/me")
+async def me(user: UserDep) -> dict[str, Any]:
+    return {"user": user.get_name(), "permissions": access.permissions(user)}
+
+
+@api.get("/drift/alerts")
+async def api_alerts(user: UserDep, site: str = "", status_: str = Query("", alias="status")) -> Any:
+    access.require(user, access.VIEW_DRIFT)
+    try:
+        return _filter(await workload.drift_alerts(), site, status_)
+    except WorkloadError as exc:
+        return _workload_failure(exc)
+
+
+@api.post("/drift/alerts/{alert_id}/review")
+async def api_review(request: Request, alert_id: int, body: ReviewBody, user: UserDep) -> Any:
+    if body.action not in REVIEW_ACTIONS:
+        raise HTTPException(status.HTTP_400_BAD_REQUEST, f"action must be one of {', '.join(REVIEW_ACTIONS)}")
+    access.check_same_origin(request)
+    access.require(user, access.ACTION_PERMISSIONS[body.action])
+    try:
+        return await review(alert_id, body.action, user)
+    except WorkloadError as exc:
+        return _workload_failure(exc)
+    except asset_events.AssetEventError as exc:
+        return JSONResponse({"detail": str(exc)}, status_code=status.HTTP_409_CONFLICT)
+
+
+@api.get("/costs/report")
+async def api_costs_report(request: Request, user: UserDep) -> Any:
+    access.require(user, access.VIEW_COSTS)
+    try:
+        query = forms.report_query(request.query_params)
+        return await workload.costs_report(query.project, query.start, query.end)
+    except forms.FormError as exc:
+        return _form_failure(exc)
+    except WorkloadError as exc:
+        return _workload_failure(exc)
+
+
+@api.get("/costs/recommend")
+async def api_costs_recommend(request: Request, user: UserDep) -> Any:
+    access.require(user, access.VIEW_COSTS)
+    try:
+        return await workload.costs_recommend(forms.template(request.query_params).as_dict())
+    except forms.FormError as exc:
+        return _form_failure(exc)
+    except WorkloadError as exc:
+        return _workload_failure(exc)
+
+
+app.include_router(api)

@@ -54,8 +54,10 @@ lint: setup
 	$(WL)/bin/ruff check .
 
 lock: ## regenerate both lock files from the environments as they are
-	$(WL)/bin/pip freeze --exclude-editable | sed 's/^torch==\(.*\)+cpu$$/torch==\1/' > requirements-workload.txt
-	$(AF)/bin/pip freeze --exclude-editable > requirements-orchestrator.txt
+	( echo '# Lock file of the workload environment (Flower, torch, MLflow, Evidently, cloud SDKs). Regenerate with `make lock`.'; \
+	  $(WL)/bin/pip freeze --exclude-editable | sed 's/^torch==\(.*\)+cpu$$/torch==\1/' ) > requirements-workload.txt
+	( echo '# Lock file of the orchestrator environment (Airflow 3.3). Regenerate with `make lock`.'; \
+	  $(AF)/bin/pip freeze --exclude-editable ) > requirements-orchestrator.txt
 
 clean: down ## remove local state (data, databases, logs) but keep the environments
 	rm -rf .state .test-state

@@ -113,6 +113,20 @@ def cmd_nodes_list(args: argparse.Namespace, settings: Settings) -> list[dict]:
     return node_keys.registered_nodes(FLWR_CONNECTION, stack.supernode_registry(settings), _flwr_bin(settings))
 
 
+def cmd_serve(args: argparse.Namespace, settings: Settings) -> dict:
+    from mledge import stack
+
+    # Does not return: the process becomes the component (a container's main process).
+    stack.serve(settings, args.component, [a for a in args.required if a != "--"])
+    return {}
+
+
+def cmd_mlflow_apply_permissions(args: argparse.Namespace, settings: Settings) -> dict:
+    from mledge.mlflow_auth import apply_permissions
+
+    return apply_permissions(settings)
+
+
 # --- federated learning ----------------------------------------------------------------------------------
 
 
@@ -302,6 +316,12 @@ def build_parser() -> argparse.ArgumentParser:
     p = add(nodes, "register", cmd_nodes_register, "register site public keys with the SuperLink (idempotent)")
     p.add_argument("--public-keys-dir", default=None, help="folder of <site>.pub files (default: each site's key)")
     add(nodes, "list", cmd_nodes_list, "the SuperLink's SuperNodes with their sites and status")
+
+    mlf = commands.add_parser("mlflow", help="the tracking server").add_subparsers(dest="sub", required=True)
+    add(mlf, "apply-permissions", cmd_mlflow_apply_permissions, "users and grants of mlflow/permissions.toml")
+    p = add(commands, "serve", cmd_serve, "run one component of the stack in the foreground (containers)")
+    p.add_argument("component", help="a component of `stack status`: superlink, supernode-<site>, mlflow, airflow-...")
+    p.add_argument("required", nargs="*", help="after --: flags (with values) the component's command line must have")
 
     fl = commands.add_parser("fl", help="federated runs on the SuperLink").add_subparsers(dest="sub", required=True)
     p = add(fl, "wait-nodes", cmd_fl_wait_nodes, "wait until enough SuperNodes are connected")

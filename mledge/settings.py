@@ -9,6 +9,12 @@
 | MLEDGE_SUPERLINK_PORT   | 9091                    | Flower SuperLink (Fleet, Control, Runtime APIs)       |
 | MLEDGE_SUPERNODE_PORT   | 9094                    | first SuperNode's runtime port; one more per site     |
 | MLEDGE_AIRFLOW_DB_URL   | SQLite in MLEDGE_HOME   | Airflow metadata database (e.g. postgresql+psycopg2://)|
+| MLEDGE_BIND_HOST        | 127.0.0.1               | address the SuperLink, MLflow and Airflow listen on   |
+| MLEDGE_SUPERLINK_ADDRESS| 127.0.0.1:<port>        | where SuperNodes and the flwr CLI reach the SuperLink |
+| MLEDGE_SUPERLINK_HOSTNAMES | (none)               | extra names in the SuperLink's TLS certificate        |
+| MLEDGE_MLFLOW_URL       | http://127.0.0.1:<port> | where mledge reaches the tracking server              |
+| MLEDGE_AIRFLOW_URL      | http://127.0.0.1:<port> | where mledge and tasks reach Airflow's api-server     |
+| MLEDGE_MLFLOW_BACKEND_STORE_URI | mlflow/server.toml | MLflow's tracking store (e.g. postgresql+psycopg2://) |
 """
 
 from __future__ import annotations
@@ -48,6 +54,8 @@ class Settings:
     superlink_port: int = field(default_factory=lambda: _port("MLEDGE_SUPERLINK_PORT", 9091))
     supernode_port: int = field(default_factory=lambda: _port("MLEDGE_SUPERNODE_PORT", 9094))
     airflow_db_url: str | None = field(default_factory=lambda: os.environ.get("MLEDGE_AIRFLOW_DB_URL") or None)
+    # Containers listen on every interface and reach each other by service name; the local stack stays on loopback.
+    bind_host: str = field(default_factory=lambda: os.environ.get("MLEDGE_BIND_HOST") or "127.0.0.1")
     sites: tuple[str, ...] = SITES
 
     @property
@@ -79,15 +87,15 @@ class Settings:
 
     @property
     def mlflow_uri(self) -> str:
-        return f"http://127.0.0.1:{self.mlflow_port}"
+        return os.environ.get("MLEDGE_MLFLOW_URL") or f"http://127.0.0.1:{self.mlflow_port}"
 
     @property
     def airflow_url(self) -> str:
-        return f"http://127.0.0.1:{self.airflow_port}"
+        return os.environ.get("MLEDGE_AIRFLOW_URL") or f"http://127.0.0.1:{self.airflow_port}"
 
     @property
     def superlink_address(self) -> str:
-        return f"127.0.0.1:{self.superlink_port}"
+        return os.environ.get("MLEDGE_SUPERLINK_ADDRESS") or f"127.0.0.1:{self.superlink_port}"
 
     def bin(self, env: str, program: str) -> Path:
         return self.venvs / env / "bin" / program

@@ -124,7 +124,7 @@ def airflow_env(settings: Settings) -> dict[str, str]:
         AIRFLOW__CORE__EXECUTOR="LocalExecutor",
         AIRFLOW__CORE__PARALLELISM="4",  # each slot is a worker process; 4 is plenty on two cores
         AIRFLOW__DATABASE__SQL_ALCHEMY_CONN=db_url,
-        AIRFLOW__API__HOST="127.0.0.1",
+        AIRFLOW__API__HOST=settings.bind_host,
         AIRFLOW__API__PORT=str(settings.airflow_port),
         AIRFLOW__API__BASE_URL=settings.airflow_url,
         AIRFLOW__CORE__EXECUTION_API_SERVER_URL=f"{settings.airflow_url}/execution/",
@@ -189,7 +189,7 @@ def components(settings: Settings) -> list[Component]:
     def under_home(value: str) -> str:
         return value if "://" in value else str(settings.home / value)
 
-    backend = under_home(server["backend_store"])
+    backend = os.environ.get("MLEDGE_MLFLOW_BACKEND_STORE_URI") or under_home(server["backend_store"])
     found = [
         Component(
             "mlflow",
@@ -197,7 +197,7 @@ def components(settings: Settings) -> list[Component]:
                 str(settings.bin("workload", "mlflow")), "server", *mlflow_auth.auth_server_args(settings),
                 "--backend-store-uri", backend if "://" in backend else f"sqlite:///{backend}",
                 "--artifacts-destination", under_home(server["artifacts_destination"]),
-                "--host", server["host"], "--port", str(settings.mlflow_port),
+                "--host", settings.bind_host, "--port", str(settings.mlflow_port),
                 "--workers", str(server["workers"]),
             ],
             mlflow_env,
@@ -212,7 +212,7 @@ def components(settings: Settings) -> list[Component]:
                 *node_keys.superlink_auth_args(),
                 "--disable-runtime-dependency-installation",
                 "--database", str(settings.home / "flower" / "superlink.db"),
-                "--host", "127.0.0.1", "--port", str(settings.superlink_port),
+                "--host", settings.bind_host, "--port", str(settings.superlink_port),
             ],
             superlink_env,
             _port_open(settings.superlink_port),
@@ -239,12 +239,13 @@ def components(settings: Settings) -> list[Component]:
     found += [
         Component(
             "airflow-api-server",
-            [airflow, "api-server", "--host", "127.0.0.1", "--port", str(settings.airflow_port)],
+            [airflow, "api-server", "--host", settings.bind_host, "--port", str(settings.airflow_port)],
             af,
             _http_ok(f"{settings.airflow_url}/api/v2/version"),
         ),
         Component("airflow-scheduler", [airflow, "scheduler", "--skip-serve-logs"], af, lambda: True),
         Component("airflow-dag-processor", [airflow, "dag-processor"], af, lambda: True),
+        Component("airflow-triggerer", [airflow, "triggerer"], af, lambda: True),
     ]
     return found
 
@@ -475,3 +476,51 @@ def status(settings: Settings) -> dict[str, dict]:
         c.name: {"pid": (pid := running_pid(settings, c.name)), "healthy": bool(pid) and c.healthy()}
         for c in components(settings)
     }
+
+
+# --- one component in the foreground (containers) ---------------------------------------------------------
+
+
+class ServeError(StackError):
+    """A component cannot be served as asked; the message names it and what is wrong."""
+
+
+def required_flags(required: list[str]) -> list[tuple[str, str | None]]:
+    """``--flag value --switch`` -> [("--flag", "value"), ("--switch", None)]."""
+    pairs: list[tuple[str, str | None]] = []
+    for token in required:
+        if token.startswith("--"):
+            pairs.append((token, None))
+        elif pairs and pairs[-1][1] is None:
+            pairs[-1] = (pairs[-1][0], token)
+        else:
+            raise ServeError(f"required argument {token!r} follows no --flag")
+    return pairs
+
+
+def check_argv(component: Component, required: list[str]) -> None:
+    """Refuse a command line without a required flag (or with another value), or with --insecure."""
+    argv = component.argv
+    if "--insecure" in argv:
+        raise ServeError(f"{component.name}: the stack's command line has --insecure; TLS cannot be turned off")
+    for flag, value in required_flags(required):
+        if flag not in argv:
+            raise ServeError(f"{component.name}: the stack's command line lacks {flag}, which the deployment requires")
+        actual = argv[argv.index(flag) + 1] if argv.index(flag) + 1 < len(argv) else None
+        if value is not None and actual != value:
+            raise ServeError(f"{component.name}: {flag} is {actual!r} in the stack's command line, not {value!r}")
+
+
+def serve(settings: Settings, name: str, required: list[str]) -> None:
+    """Become one component (exec): its argv and environment as `up` builds them, the process environment winning."""
+    for path in (settings.home / "flower", settings.home / "mlflow", settings.data_root, settings.logs):
+        path.mkdir(parents=True, exist_ok=True)
+    write_flwr_config(settings)
+    found = {c.name: c for c in components(settings)}
+    if name not in found:
+        raise ServeError(f"no component {name!r}; components: {', '.join(found)}")
+    component = found[name]
+    check_argv(component, required)
+    env = {**component.env, **os.environ}
+    os.chdir(component.cwd or settings.home)
+    os.execvpe(component.argv[0], component.argv, env)

@@ -1,11 +1,13 @@
 """federated_training: one federated training of the axis_failures model, from connected sites to the registry.
 
 wait_for_supernodes -> start_flower_run -> await_flower_run -> register_and_promote
+                                                              \-> record_training_cost
 
 Scheduled on data, not on a clock: confirmed (or approved) drift emits the ``mledge://axis_failures/drift`` Asset
 event and that starts a run. ``MLEDGE_TRAINING_SCHEDULE`` (a cron expression) adds a time schedule besides it.
 Trigger it from the UI with the parameters below. ``register_and_promote`` registers the global model and each
-site's personalised model, links the drift alerts that asked for the training, and resolves them.
+site's personalised model, links the drift alerts that asked for the training, and resolves them;
+``record_training_cost`` prices each site's compute seconds at its declared instance type into the cost store.
 Every task runs the workload entry point ``mledge``; this file only wires.
 """
 
@@ -99,4 +101,12 @@ with DAG(
         ],
     )
 
-    wait_for_supernodes >> start_flower_run >> await_flower_run >> register_and_promote
+    record_training_cost = MledgeOperator(
+        task_id="record_training_cost",
+        arguments=[
+            "costs", "record-training", "--flower-run-id", RUN_ID,
+            "--seconds-json", "{{ ti.xcom_pull(task_ids='await_flower_run')['compute_seconds'] | tojson }}",
+        ],
+    )
+
+    wait_for_supernodes >> start_flower_run >> await_flower_run >> [register_and_promote, record_training_cost]

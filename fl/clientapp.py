@@ -10,6 +10,7 @@ same syntax) for that run only.
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 import numpy as np
@@ -28,6 +29,8 @@ SITE_KEY = "site"
 CHAMPION_KEY = "champion"
 SITE_CHAMPION_KEY = "site-champion"
 WINDOW_KEY = "window"
+# Seconds this site's machine spent on a message (read, score, train): what its compute costs are priced on.
+COMPUTE_KEY = "compute-seconds"
 
 
 def site_of(context: Context) -> str:
@@ -123,6 +126,7 @@ def train(msg: Message, context: Context) -> Message:
     Scoring before training gives the evaluation of every global model (round r scores the model of round r-1)
     without a separate evaluate message per round: each message costs a ClientApp process start.
     """
+    started = time.perf_counter()
     site, (x, y), (x_test, y_test) = site_split(context)
     profile = attack_profile(context, site)
     config = msg.content["config"]
@@ -139,6 +143,7 @@ def train(msg: Message, context: Context) -> Message:
     trained = {k: v.detach().numpy() for k, v in model.state_dict().items()}
     sent = attack_arrays(profile, received, trained, seed=server_round)
     arrays = ArrayRecord({k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in sent.items()})
+    values[COMPUTE_KEY] = time.perf_counter() - started
     content = {"arrays": arrays, "metrics": MetricRecord(values), SITE_KEY: _site_record(site)}
     return Message(RecordDict(content), reply_to=msg)
 
@@ -163,6 +168,7 @@ def finalise(msg: Message, context: Context) -> Message:
        the global model and the site's current champion (when sent) on the recent held-out rows.
     The personalised weights go back to the server for the registry; rows stay here.
     """
+    started = time.perf_counter()
     site = site_of(context)
     config = msg.content["config"]
     everything, window = load_window(context, site)
@@ -185,6 +191,7 @@ def finalise(msg: Message, context: Context) -> Message:
         personal, x, y, epochs=int(config["personal-epochs"]), lr=float(config["learning-rate"]), seed=0
     )
     values.update(counts_record(evaluate(personal, x_recent, y_recent), "personal-"))
+    values[COMPUTE_KEY] = time.perf_counter() - started
     content = {
         "arrays": ArrayRecord(personal.state_dict()),
         "metrics": MetricRecord(values),

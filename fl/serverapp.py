@@ -24,7 +24,7 @@ import numpy as np
 from flwr.app import ArrayRecord, ConfigRecord, Context, Message, RecordDict
 from flwr.serverapp import Grid, ServerApp
 
-from fl.clientapp import CHAMPION_KEY, SITE_CHAMPION_KEY, SITE_KEY, WINDOW_KEY
+from fl.clientapp import CHAMPION_KEY, COMPUTE_KEY, SITE_CHAMPION_KEY, SITE_KEY, WINDOW_KEY
 from fl.model import N_FEATURES, Counts, build_model, metrics_from_counts
 from fl.registry import (
     EVIDENCE_PATH,
@@ -154,6 +154,7 @@ def main(grid: Grid, context: Context) -> None:
         mlflow.log_params({k: v for k, v in cfg.items() if k != "dag-run-id"})
         sites: dict[int, str] = {}
         failures: dict[str, list[str]] = {}
+        compute: dict[str, float] = {}
 
         model = build_model(seed=int(cfg.get("seed", 0)))
         arrays = ArrayRecord(model.state_dict())
@@ -165,6 +166,7 @@ def main(grid: Grid, context: Context) -> None:
             _record_failures(failures, rnd, "train", failed)
             _require(ok, failed, min_replies, f"round {rnd}")
             log_evaluation(ok, step=rnd - 1)  # the sites scored the model they received
+            _add_compute(compute, ok)
             aggregated, train_metrics = strategy.aggregate_train(rnd, list(ok.values()))
             rejected = dict(strategy.last_rejected)
             _record_failures(failures, rnd, "rejected update", rejected)
@@ -191,7 +193,9 @@ def main(grid: Grid, context: Context) -> None:
         _record_failures(failures, rounds + 1, "final evaluation", evidence.pop("failed"))
         if ok:
             log_evaluation(ok, step=rounds)
+            _add_compute(compute, ok)
         evidence["failures"] = failures
+        evidence["compute_seconds"] = compute
         for site, entry in evidence["sites"].items():
             mlflow.log_metrics({f"holdout/{site}/candidate_{k}": v for k, v in entry["candidate"].items()})
             if entry["champion"]:
@@ -217,6 +221,12 @@ def main(grid: Grid, context: Context) -> None:
         )
         mlflow.set_tag(TAG_MODEL_URI, info.model_uri)
         log.info("Logged global model %s", info.model_uri)
+
+
+def _add_compute(compute: dict[str, float], ok: Mapping[str, Message]) -> None:
+    """Sum each site's reported compute seconds (priced into the project's costs after the run)."""
+    for site, reply in ok.items():
+        compute[site] = compute.get(site, 0.0) + float(reply_metrics(reply).get(COMPUTE_KEY, 0.0))
 
 
 def _record_failures(failures: dict[str, list[str]], rnd: int, phase: str, failed: Mapping[str, str]) -> None:

@@ -197,8 +197,12 @@ def _run_failures(flower_run_id: str) -> dict:
         run = find_run(mlflow.MlflowClient(), flower_run_id)
         evidence = mlflow.artifacts.load_dict(f"{run.info.artifact_uri}/{EVIDENCE_PATH}")
     except (LookupError, MlflowException, OSError) as exc:
-        return {"mlflow_run_id": None, "site_failures": {}, "note": f"no MLflow record: {exc}"}
-    return {"mlflow_run_id": run.info.run_id, "site_failures": evidence.get("failures", {})}
+        return {"mlflow_run_id": None, "site_failures": {}, "compute_seconds": {}, "note": f"no MLflow record: {exc}"}
+    return {
+        "mlflow_run_id": run.info.run_id,
+        "site_failures": evidence.get("failures", {}),
+        "compute_seconds": evidence.get("compute_seconds", {}),
+    }
 
 
 # --- models ----------------------------------------------------------------------------------------------

@@ -38,9 +38,10 @@ def test_dag_file_has_no_heavy_imports(path):
 def test_federated_training_shape(dagbag):
     dag = dagbag.dags["federated_training"]
     order = ["wait_for_supernodes", "start_flower_run", "await_flower_run", "register_and_promote"]
-    assert sorted(dag.task_ids) == sorted(order)
+    assert sorted(dag.task_ids) == sorted([*order, "record_training_cost"])
     for upstream, downstream in zip(order, order[1:], strict=False):
         assert dag.get_task(downstream).upstream_task_ids == {upstream}
+    assert dag.get_task("record_training_cost").upstream_task_ids == {"await_flower_run"}
     assert dag.params["min_clients"] == 3
     assert dag.max_active_runs == 1
     assert dag.catchup is False

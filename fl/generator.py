@@ -11,16 +11,26 @@ Where the paper is loose we chose:
   around the set-point (1540 rpm at 40 Nm, -16 rpm/Nm) plus N(0, 60) noise, which reproduces the published
   marginals (mean about 1540 rpm, SD about 180, strong negative correlation with torque).
 - Tool wear carries over from one batch to the next through ``ToolState``: a plant's tools do not reset daily.
+
+Scheduled drift (``fl.sites.ScheduledDrift``, by default ``fl.sites.drift_schedule()``) applies from its onset
+batch on:
+- a product-mix change draws the product types from the new shares; every rule still holds on recorded values.
+- a process-temperature sensor offset changes what is *recorded*, not how the machine behaves: failures follow
+  the true temperature, so from the onset on the rules hold on ``recorded - offset`` (the heat-dissipation rule
+  no longer on the recorded column). That is concept drift for a model fed the recorded values, which is the
+  point of a miscalibrated sensor; before the onset, and for every other column, the rules hold on the recorded
+  values exactly.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 
 import numpy as np
 import pandas as pd
 
-from fl.sites import SiteProfile
+from fl.sites import ScheduledDrift, SiteProfile, drifts_for
 
 TYPES = ("L", "M", "H")
 WEAR_PER_PROCESS = {"L": 2.0, "M": 3.0, "H": 5.0}
@@ -63,15 +73,42 @@ def _tool_limit(rng: np.random.Generator) -> float:
     return rng.uniform(200.0, 240.0 - max(WEAR_PER_PROCESS.values()) + 1.0)
 
 
+def active_drifts(
+    profile: SiteProfile, batch_index: int, drifts: Sequence[ScheduledDrift] | None = None
+) -> list[ScheduledDrift]:
+    """The drifts in force for the site's batch ``batch_index``; ``drifts=None`` reads the configured schedule."""
+    chosen = drifts_for(profile.name) if drifts is None else [d for d in drifts if d.site == profile.name]
+    return sorted((d for d in chosen if d.active(batch_index)), key=lambda d: d.onset_batch)
+
+
+def sensor_offset_k(profile: SiteProfile, batch_index: int, drifts: Sequence[ScheduledDrift] | None = None) -> float:
+    """How far the site's process-temperature sensor reads off in this batch (0 when no offset is in force)."""
+    offsets = [d.offset_k for d in active_drifts(profile, batch_index, drifts) if d.kind == "sensor_offset"]
+    return round(sum(offsets), 1)
+
+
 def generate_batch(
-    profile: SiteProfile, batch_index: int, state: ToolState | None = None, rows: int | None = None
+    profile: SiteProfile,
+    batch_index: int,
+    state: ToolState | None = None,
+    rows: int | None = None,
+    drifts: Sequence[ScheduledDrift] | None = None,
 ) -> tuple[pd.DataFrame, ToolState]:
-    """Draw one batch of ``rows`` processes for a site; returns the batch and the state to continue from."""
+    """Draw one batch of ``rows`` processes for a site; returns the batch and the state to continue from.
+
+    ``drifts``: the scheduled drifts to apply (those of other sites are ignored); None reads the configured
+    schedule (``fl.sites.drift_schedule``), ``()`` draws a clean batch.
+    """
     state = ToolState(**asdict(state)) if state else ToolState()
     n = rows if rows is not None else profile.rows_per_batch
     rng = np.random.default_rng([profile.seed, batch_index])
+    active = active_drifts(profile, batch_index, drifts)
 
-    types = rng.choice(TYPES, size=n, p=np.asarray(profile.product_mix) / sum(profile.product_mix))
+    mix = profile.product_mix
+    for drift in active:  # the latest product-mix change in force wins
+        if drift.kind == "product_mix" and drift.product_mix is not None:
+            mix = drift.product_mix
+    types = rng.choice(TYPES, size=n, p=np.asarray(mix) / sum(mix))
     air = 300.0 + profile.ambient_offset_k + _normalised_walk(rng, n, 2.0)
     process = air + 10.0 + profile.cooling_offset_k + _normalised_walk(rng, n, 1.0)
     torque = np.clip(rng.normal(40.0 + profile.torque_offset_nm, 10.0, size=n), 0.0, None)
@@ -99,6 +136,10 @@ def generate_batch(
     pwf = (power_w < 3500.0) | (power_w > 9000.0)
     osf = wear * torque > np.vectorize(OSF_LIMIT.get)(types)
     rnf = rng.random(n) < RANDOM_FAILURE_RATE
+    # A miscalibrated sensor: the failures above came from the true temperature, the store gets the reading.
+    offset = sensor_offset_k(profile, batch_index, active)
+    if offset:
+        process = (process + offset).round(1)
 
     udi = np.arange(state.next_udi, state.next_udi + n)
     state.next_udi += n

@@ -6,6 +6,8 @@ the server), created and dropped per test module. Unreachable: skipped, unless C
 
 from __future__ import annotations
 
+import copy
+import io
 import json
 import os
 import re
@@ -16,6 +18,7 @@ from pathlib import Path
 
 import pytest
 import requests
+import urllib3
 
 from costs.config import load_config
 from costs.store import CostStore
@@ -132,11 +135,19 @@ class RecordedSession(requests.Session):
         self.calls.append((method.upper(), prepared.url, params, data))
         for route_method, pattern, responses in self.routes:
             if route_method == method.upper() and pattern.search(prepared.url):
-                answer = responses.pop(0) if len(responses) > 1 else responses[0]
-                answer.request = prepared
-                answer.url = prepared.url
-                return answer
+                recorded = responses.pop(0) if len(responses) > 1 else responses[0]
+                return _replay(recorded, prepared)
         raise AssertionError(f"unexpected request {method} {prepared.url}")
+
+
+def _replay(recorded: requests.Response, prepared: requests.PreparedRequest) -> requests.Response:
+    """A fresh copy of a recorded response, with the urllib3 body a real one has (azure-core reads ``raw``)."""
+    answer = copy.copy(recorded)
+    answer.raw = urllib3.HTTPResponse(body=io.BytesIO(recorded.content), headers=dict(recorded.headers),
+                                      status=recorded.status_code, preload_content=False)
+    answer.request = prepared
+    answer.url = prepared.url
+    return answer
 
 
 def http_response(status: int, body: dict | str | bytes = b"", headers: dict | None = None) -> requests.Response:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import math
 
 import numpy as np
@@ -27,9 +28,17 @@ def test_sites_share_alpha():
     assert result["site_level"] == pytest.approx(0.05 / 3)
 
 
+@pytest.fixture(autouse=True)
+def _cheap_gc():
+    """statsmodels' Holm runs gc.collect() on every call; with the long-lived objects frozen it is cheap."""
+    gc.freeze()
+    yield
+    gc.unfreeze()
+
+
 def test_adjusted_p_values_decide_against_alpha_itself():
     rng = np.random.default_rng(1)
-    for _ in range(200):
+    for _ in range(100):
         p = dict(enumerate(rng.uniform(0, 0.05, size=5)))
         result = correct(p, alpha=0.05, n_sites=3)
         for t in result["tests"].values():
@@ -49,10 +58,10 @@ def test_a_test_that_could_not_be_computed_never_alarms():
 def test_family_wise_error_rate_across_sites_and_columns_stays_below_alpha():
     """Under the null (uniform p-values), any alarm at any of 3 sites x 7 tests happens <= 5% of rounds."""
     rng = np.random.default_rng(7)
-    rounds, alarms = 2000, 0
+    rounds, alarms = 1000, 0
     for _ in range(rounds):
         alarms += any(correct(dict(enumerate(rng.uniform(size=7))), n_sites=3)["drift"] for _site in range(3))
-    assert alarms / rounds <= 0.05 + 0.01
+    assert 0.02 <= alarms / rounds <= 0.05 + 0.02
     # ... while the uncorrected tests would alarm in most rounds.
     assert np.mean(rng.uniform(size=(rounds, 21)).min(axis=1) < 0.05) > 0.6
 

@@ -1,0 +1,1 @@
+"""Where cost rows come from: cloud billing APIs and FOCUS export files, each a ``CostSource``."""

@@ -1,0 +1,282 @@
+"""The ``drift_alerts`` table in the platform database: one row per evaluated (site, batch, kind).
+
+Every evaluation is recorded: a confirmed drift starts as ``new`` and waits for a person; a batch without drift
+is recorded as ``resolved`` by ``system``, so the table also shows what was checked and found clean. A person
+moves an alert on with ``set_status`` (the review page, or ``mledge drift review``); each change keeps who made
+it and why, in the alert and in the ``drift_alert_events`` history.
+
+Only SQLAlchemy Core and the standard library: the Airflow UI plugin imports this module in the Airflow
+environment.
+"""
+
+from __future__ import annotations
+
+import builtins
+import json
+import math
+from collections.abc import Mapping
+from datetime import UTC, datetime
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Connection, Engine
+
+from drift.db import make_engine, safe_url
+
+STATUSES = ("new", "acknowledged", "dismissed", "retraining", "resolved")
+KINDS = ("data", "concept")
+DECISIONS = ("drift", "no_drift")
+SYSTEM_USER = "system"
+# Which status may follow which. A dismissed alert can be reopened by acknowledging it; resolved is final.
+TRANSITIONS: dict[str, tuple[str, ...]] = {
+    "new": ("acknowledged", "dismissed", "retraining", "resolved"),
+    "acknowledged": ("dismissed", "retraining", "resolved"),
+    "retraining": ("resolved",),
+    "dismissed": ("acknowledged",),
+    "resolved": (),
+}
+# What a reviewer does -> the status it leads to (the CLI's and the review page's verbs).
+ACTIONS = {"acknowledge": "acknowledged", "dismiss": "dismissed", "approve": "retraining", "resolve": "resolved"}
+
+metadata = sa.MetaData()
+
+drift_alerts = sa.Table(
+    "drift_alerts",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("site", sa.String(255), nullable=False, index=True),
+    sa.Column("batch", sa.String(255), nullable=False),
+    sa.Column("kind", sa.String(16), nullable=False),
+    sa.Column("statistic", sa.Float, nullable=True),
+    sa.Column("p_value", sa.Float, nullable=True),
+    sa.Column("decision", sa.String(16), nullable=False),
+    sa.Column("report_uri", sa.Text, nullable=True),
+    sa.Column("status", sa.String(16), nullable=False, index=True),
+    sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
+    sa.Column("updated_at", sa.DateTime(timezone=True), nullable=False),
+    sa.Column("updated_by", sa.String(255), nullable=False),
+    sa.Column("note", sa.Text, nullable=False),
+    sa.Column("details", sa.JSON, nullable=True),
+    sa.CheckConstraint(f"status IN ({', '.join(repr(s) for s in STATUSES)})", name="drift_alerts_status"),
+    sa.CheckConstraint(f"kind IN ({', '.join(repr(k) for k in KINDS)})", name="drift_alerts_kind"),
+    sa.CheckConstraint(f"decision IN ({', '.join(repr(d) for d in DECISIONS)})", name="drift_alerts_decision"),
+)
+
+drift_alert_events = sa.Table(
+    "drift_alert_events",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("alert_id", sa.Integer, sa.ForeignKey("drift_alerts.id"), nullable=False, index=True),
+    sa.Column("from_status", sa.String(16), nullable=True),
+    sa.Column("to_status", sa.String(16), nullable=False),
+    sa.Column("user", sa.String(255), nullable=False),
+    sa.Column("note", sa.Text, nullable=False),
+    sa.Column("at", sa.DateTime(timezone=True), nullable=False),
+)
+
+
+class AlertError(ValueError):
+    """An alert that does not exist, a status change that is not allowed, or an alert that cannot be stored."""
+
+
+def _iso(value: datetime) -> str:
+    # SQLite hands timestamps back without a zone; they were written in UTC.
+    return (value if value.tzinfo else value.replace(tzinfo=UTC)).isoformat()
+
+
+def _finite(name: str, value: float | None, unit_interval: bool = False) -> float | None:
+    if value is None:
+        return None
+    number = float(value)
+    if math.isnan(number):
+        return None  # "could not be computed": stored as NULL, which every database accepts
+    if math.isinf(number) or (unit_interval and not 0.0 <= number <= 1.0):
+        raise AlertError(f"{name} must be {'within [0, 1]' if unit_interval else 'finite'}, got {value!r}")
+    return number
+
+
+def json_clean(value: Any) -> Any:
+    """Details as plain JSON: NaN and infinities become null (PostgreSQL's json type refuses them)."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, Mapping):
+        return {str(k): json_clean(v) for k, v in value.items()}
+    if isinstance(value, list | tuple | set):
+        return [json_clean(v) for v in value]
+    if value is None or isinstance(value, str | int | bool):
+        return value
+    if hasattr(value, "item"):  # NumPy scalars
+        return json_clean(value.item())
+    return json.loads(json.dumps(value, default=str))
+
+
+class AlertStore:
+    """Drift alerts in a SQL database (SQLite file or in-memory URL, PostgreSQL)."""
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+        self.engine: Engine = make_engine(url)
+
+    def create_table(self) -> None:
+        """Create the alert tables when missing (safe to call any number of times)."""
+        metadata.create_all(self.engine, checkfirst=True)
+
+    def _require_table(self) -> None:
+        if not sa.inspect(self.engine).has_table(drift_alerts.name):
+            raise AlertError(
+                f"no {drift_alerts.name} table in {safe_url(self.url)}: run `mledge drift create-table` first"
+            )
+
+    def add(
+        self,
+        *,
+        site: str,
+        batch: str,
+        kind: str,
+        statistic: float | None,
+        p_value: float | None,
+        decision: str,
+        report_uri: str | None,
+        details: Mapping[str, Any] | None = None,
+        connection: Connection | None = None,
+    ) -> dict:
+        """Record one evaluation; a drift starts as ``new``, a clean result as ``resolved`` by ``system``.
+
+        ``connection``: write inside the caller's transaction (the evaluation marks its batches processed in
+        the same one, so a retried task cannot record an evaluation twice).
+        """
+        if not site or not batch:
+            raise AlertError(f"an alert needs a site and a batch, got site={site!r} batch={batch!r}")
+        if kind not in KINDS:
+            raise AlertError(f"kind must be one of {KINDS}, got {kind!r}")
+        if decision not in DECISIONS:
+            raise AlertError(f"decision must be one of {DECISIONS}, got {decision!r}")
+        now = datetime.now(UTC)
+        drift = decision == "drift"
+        row = {
+            "site": site,
+            "batch": batch,
+            "kind": kind,
+            "statistic": _finite("statistic", statistic),
+            "p_value": _finite("p_value", p_value, unit_interval=True),
+            "decision": decision,
+            "report_uri": report_uri,
+            "status": "new" if drift else "resolved",
+            "created_at": now,
+            "updated_at": now,
+            "updated_by": SYSTEM_USER,
+            "note": "" if drift else "no drift detected",
+            "details": json_clean(dict(details or {})),
+        }
+
+        def write(conn: Connection) -> int:
+            alert_id = conn.execute(drift_alerts.insert().values(**row)).inserted_primary_key[0]
+            conn.execute(
+                drift_alert_events.insert().values(
+                    alert_id=alert_id, from_status=None, to_status=row["status"], user=SYSTEM_USER,
+                    note=row["note"] or f"{kind} drift detected", at=now,
+                )
+            )
+            return int(alert_id)
+
+        if connection is not None:
+            alert_id = write(connection)
+            return self._as_dict({**row, "id": alert_id})
+        with self.engine.begin() as conn:
+            alert_id = write(conn)
+        return self.get(alert_id)
+
+    def list(self, site: str | None = None, status: str | None = None) -> builtins.list[dict]:
+        """Alerts, newest first; filtered by site and/or status. Empty when the table does not exist yet."""
+        if status is not None and status not in STATUSES:
+            raise AlertError(f"status must be one of {STATUSES}, got {status!r}")
+        if not sa.inspect(self.engine).has_table(drift_alerts.name):
+            return []
+        query = sa.select(drift_alerts).order_by(drift_alerts.c.id.desc())
+        if site is not None:
+            query = query.where(drift_alerts.c.site == site)
+        if status is not None:
+            query = query.where(drift_alerts.c.status == status)
+        with self.engine.connect() as conn:
+            return [self._as_dict(r._mapping) for r in conn.execute(query)]
+
+    def get(self, alert_id: int) -> dict:
+        self._require_table()
+        with self.engine.connect() as conn:
+            row = conn.execute(sa.select(drift_alerts).where(drift_alerts.c.id == int(alert_id))).first()
+        if row is None:
+            raise AlertError(f"no drift alert with id {alert_id}")
+        return self._as_dict(row._mapping)
+
+    def set_status(self, alert_id: int, status: str, user: str, note: str = "") -> dict:
+        """Move an alert to ``status`` on behalf of ``user``; refuses transitions that TRANSITIONS does not allow."""
+        if status not in STATUSES:
+            raise AlertError(f"status must be one of {STATUSES}, got {status!r}")
+        if not user or not str(user).strip():
+            raise AlertError("a status change needs the name of the user who makes it")
+        current = self.get(alert_id)
+        allowed = TRANSITIONS[current["status"]]
+        if status not in allowed:
+            raise AlertError(
+                f"alert {alert_id} ({current['site']} {current['batch']}, {current['kind']}) is {current['status']!r}"
+                f" and cannot become {status!r}; allowed: {', '.join(allowed) or 'none (final)'}"
+            )
+        now = datetime.now(UTC)
+        with self.engine.begin() as conn:
+            # Only if nobody changed it meanwhile: two reviewers clicking at once must not both win.
+            changed = conn.execute(
+                drift_alerts.update()
+                .where(drift_alerts.c.id == int(alert_id), drift_alerts.c.status == current["status"])
+                .values(status=status, updated_at=now, updated_by=str(user).strip(), note=note)
+            ).rowcount
+            if changed != 1:
+                raise AlertError(f"alert {alert_id} was changed by someone else meanwhile; reload and retry")
+            conn.execute(
+                drift_alert_events.insert().values(
+                    alert_id=int(alert_id), from_status=current["status"], to_status=status,
+                    user=str(user).strip(), note=note, at=now,
+                )
+            )
+        return self.get(alert_id)
+
+    def history(self, alert_id: int) -> builtins.list[dict]:
+        """Every status an alert went through: ``{"from_status", "to_status", "user", "note", "at"}``, oldest first."""
+        self.get(alert_id)
+        query = (
+            sa.select(drift_alert_events)
+            .where(drift_alert_events.c.alert_id == int(alert_id))
+            .order_by(drift_alert_events.c.id)
+        )
+        with self.engine.connect() as conn:
+            return [
+                {
+                    "from_status": r.from_status,
+                    "to_status": r.to_status,
+                    "user": r.user,
+                    "note": r.note,
+                    "at": _iso(r.at),
+                }
+                for r in conn.execute(query)
+            ]
+
+    @staticmethod
+    def _as_dict(row: Mapping[str, Any]) -> dict:
+        return {
+            "id": int(row["id"]),
+            "site": row["site"],
+            "batch": row["batch"],
+            "kind": row["kind"],
+            "statistic": row["statistic"],
+            "p_value": row["p_value"],
+            "decision": row["decision"],
+            "report_uri": row["report_uri"],
+            "status": row["status"],
+            "created_at": _iso(row["created_at"]),
+            "updated_at": _iso(row["updated_at"]),
+            "updated_by": row["updated_by"],
+            "note": row["note"],
+            "details": row["details"] if row["details"] is not None else {},
+        }
+
+    def dispose(self) -> None:
+        self.engine.dispose()

@@ -1,0 +1,141 @@
+"""The drift_alerts table: what an evaluation records, and the review's status transitions and their authors."""
+
+from __future__ import annotations
+
+import math
+from datetime import datetime
+
+import pytest
+
+from drift.alerts import ACTIONS, STATUSES, TRANSITIONS, AlertError, AlertStore
+
+
+@pytest.fixture
+def store():
+    alerts = AlertStore("sqlite://")  # in memory: one shared connection
+    alerts.create_table()
+    yield alerts
+    alerts.dispose()
+
+
+def _add(store, decision="drift", site="plant_b", batch="batch-000005", kind="data", **extra):
+    values = dict(site=site, batch=batch, kind=kind, statistic=0.17, p_value=0.001, decision=decision,
+                  report_uri="mlflow-artifacts:/1/abc/artifacts/reports/data_drift.html")
+    values.update(extra)
+    return store.add(**values)
+
+
+def test_contract_constants():
+    assert STATUSES == ("new", "acknowledged", "dismissed", "retraining", "resolved")
+    assert ACTIONS == {"acknowledge": "acknowledged", "dismiss": "dismissed", "approve": "retraining",
+                       "resolve": "resolved"}
+
+
+def test_a_drift_starts_new_and_a_clean_result_is_recorded_resolved(store):
+    drift = _add(store, details={"columns": {"process_temperature_k": {"p_value": 1e-80}}})
+    clean = _add(store, decision="no_drift", batch="batch-000004", p_value=0.8)
+    assert set(drift) == {"id", "site", "batch", "kind", "statistic", "p_value", "decision", "report_uri", "status",
+                          "created_at", "updated_at", "updated_by", "note", "details"}
+    assert (drift["status"], drift["updated_by"], drift["decision"]) == ("new", "system", "drift")
+    assert (clean["status"], clean["updated_by"], clean["note"]) == ("resolved", "system", "no drift detected")
+    assert drift["details"]["columns"]["process_temperature_k"]["p_value"] == 1e-80
+    assert clean["details"] == {}
+    created = datetime.fromisoformat(drift["created_at"])
+    assert created.tzinfo is not None and drift["created_at"] == drift["updated_at"]
+
+
+def test_list_filters_and_orders_newest_first(store):
+    a = _add(store, site="plant_a", decision="no_drift")
+    b = _add(store, site="plant_b")
+    c = _add(store, site="plant_b", kind="concept", decision="no_drift")
+    assert [x["id"] for x in store.list()] == [c["id"], b["id"], a["id"]]
+    assert [x["id"] for x in store.list(site="plant_b")] == [c["id"], b["id"]]
+    assert [x["id"] for x in store.list(status="new")] == [b["id"]]
+    assert store.list(site="plant_b", status="resolved") == [store.get(c["id"])]
+    with pytest.raises(AlertError, match="status must be one of"):
+        store.list(status="open")
+
+
+def test_review_records_who_changed_it_and_allows_only_listed_transitions(store):
+    alert = _add(store)
+    acknowledged = store.set_status(alert["id"], "acknowledged", "alice", "looking at the sensor")
+    assert (acknowledged["status"], acknowledged["updated_by"], acknowledged["note"]) == (
+        "acknowledged", "alice", "looking at the sensor")
+    assert acknowledged["updated_at"] >= alert["updated_at"] and acknowledged["created_at"] == alert["created_at"]
+    with pytest.raises(AlertError) as err:
+        store.set_status(alert["id"], "new", "bob")
+    assert "'acknowledged'" in str(err.value) and "cannot become 'new'" in str(err.value)
+    approved = store.set_status(alert["id"], "retraining", "bob")
+    assert (approved["status"], approved["updated_by"]) == ("retraining", "bob")
+    resolved = store.set_status(alert["id"], "resolved", "system", "new champion v4")
+    with pytest.raises(AlertError, match="none \\(final\\)"):
+        store.set_status(alert["id"], "acknowledged", "carol")
+    assert store.get(alert["id"]) == resolved
+    assert [(h["from_status"], h["to_status"], h["user"]) for h in store.history(alert["id"])] == [
+        (None, "new", "system"),
+        ("new", "acknowledged", "alice"),
+        ("acknowledged", "retraining", "bob"),
+        ("retraining", "resolved", "system"),
+    ]
+
+
+@pytest.mark.parametrize("start", STATUSES)
+def test_every_transition_follows_the_table(store, start):
+    paths = {"new": [], "acknowledged": ["acknowledged"], "dismissed": ["dismissed"],
+             "retraining": ["retraining"], "resolved": ["resolved"]}
+    for target in STATUSES:
+        alert = _add(store)
+        for step in paths[start]:
+            store.set_status(alert["id"], step, "setup")
+        if target in TRANSITIONS[start]:
+            assert store.set_status(alert["id"], target, "dana")["status"] == target
+        else:
+            with pytest.raises(AlertError):
+                store.set_status(alert["id"], target, "dana")
+            assert store.get(alert["id"])["status"] == start
+
+
+def test_bad_input_is_refused_with_a_clear_error(store):
+    with pytest.raises(AlertError, match="kind"):
+        _add(store, kind="label")
+    with pytest.raises(AlertError, match="decision"):
+        _add(store, decision="maybe")
+    with pytest.raises(AlertError, match="p_value"):
+        _add(store, p_value=1.5)
+    with pytest.raises(AlertError, match="site and a batch"):
+        _add(store, site="")
+    alert = _add(store)
+    with pytest.raises(AlertError, match="user"):
+        store.set_status(alert["id"], "acknowledged", " ")
+    with pytest.raises(AlertError, match="status must be one of"):
+        store.set_status(alert["id"], "closed", "erin")
+    with pytest.raises(AlertError, match="no drift alert with id 999"):
+        store.get(999)
+
+
+def test_non_finite_numbers_are_stored_as_null(store):
+    alert = _add(store, statistic=math.nan, p_value=math.nan, details={"x": math.inf, "y": [1.0, math.nan]})
+    assert alert["statistic"] is None and alert["p_value"] is None
+    assert alert["details"] == {"x": None, "y": [1.0, None]}
+
+
+def test_before_create_table_listing_is_empty_and_lookups_say_what_to_run(tmp_path):
+    store = AlertStore(f"sqlite:///{tmp_path / 'fresh.db'}")
+    assert store.list() == []
+    with pytest.raises(AlertError, match="mledge drift create-table"):
+        store.get(1)
+    store.create_table()
+    store.create_table()  # idempotent
+    assert store.list() == []
+
+
+def test_a_file_database_keeps_its_rows_for_the_next_reader(tmp_path):
+    url = f"sqlite:///{tmp_path / 'platform.db'}"
+    writer = AlertStore(url)
+    writer.create_table()
+    alert = _add(writer)
+    writer.set_status(alert["id"], "dismissed", "frank", "known maintenance")
+    writer.dispose()
+    reader = AlertStore(url)
+    assert reader.get(alert["id"])["updated_by"] == "frank"
+    assert [h["to_status"] for h in reader.history(alert["id"])] == ["new", "dismissed"]

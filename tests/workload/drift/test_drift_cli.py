@@ -1,0 +1,187 @@
+"""``mledge drift ...`` end to end on a temporary MLEDGE_HOME with a real local MLflow (SQLite) and champion."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+from urllib.parse import urlparse
+
+import mlflow
+import numpy as np
+import pandas as pd
+import pytest
+from drift_streams import trained_model
+
+from drift.alerts import AlertError
+from fl.model import N_FEATURES
+from fl.registry import CHAMPION, GLOBAL_MODEL
+from fl.store import load_site_data
+from mledge.drift_cli import register
+from mledge.settings import Settings
+
+ROWS = 400
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="mledge")
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    def add(group, name, func, help):
+        sub = group.add_parser(name, help=help)
+        sub.set_defaults(func=func)
+        return sub
+
+    register(commands, add)
+    return parser
+
+
+def run(*argv: str):
+    args = build_parser().parse_args(["drift", *argv])
+    result = args.func(args, Settings())
+    json.dumps(result, default=str)  # what mledge prints: it must be JSON
+    return result
+
+
+@pytest.fixture(scope="module")
+def home(tmp_path_factory):
+    """Four collected batches per site, a global champion trained on batches 1-4, then batch 5 collected."""
+    root = tmp_path_factory.mktemp("mledge-home")
+    uri = f"sqlite:///{root / 'mlflow.db'}"
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("MLEDGE_HOME", str(root))
+        mp.delenv("MLEDGE_PLATFORM_DB_URL", raising=False)
+        mp.delenv("MLEDGE_DRIFT_SCHEDULE", raising=False)  # the default: plant_b's sensor offset from batch 5
+        mp.setenv("MLFLOW_TRACKING_URI", uri)
+        mp.setenv("MLFLOW_SKIP_PIP_REQUIREMENTS_CHECK", "true")
+        mp.delenv("MLFLOW_REGISTRY_URI", raising=False)
+        mlflow.set_tracking_uri(uri)
+        try:
+            for _ in range(4):
+                run("collect", "--rows", str(ROWS))
+            settings = Settings()
+            for site in settings.sites:  # artifacts under the test's folder, not the working directory
+                mlflow.create_experiment(f"drift-{site}-axis_failures", artifact_location=(root / site).as_uri())
+            experiment = mlflow.create_experiment("training", artifact_location=(root / "models").as_uri())
+            reference = load_site_data(settings.site_store("plant_b"), "plant_b")
+            with mlflow.start_run(experiment_id=experiment):
+                info = mlflow.pytorch.log_model(
+                    trained_model(reference, epochs=4), name="model",
+                    input_example=np.zeros((2, N_FEATURES), np.float32), pip_requirements=["torch==2.13.0"],
+                )
+            version = mlflow.register_model(info.model_uri, GLOBAL_MODEL)
+            client = mlflow.MlflowClient()
+            client.set_registered_model_alias(GLOBAL_MODEL, CHAMPION, version.version)
+            for site in ("plant_a", "plant_b"):
+                client.set_model_version_tag(GLOBAL_MODEL, version.version, f"mledge.data_window.{site}",
+                                             "batch-000001:batch-000004")
+            collected = run("collect", "--rows", str(ROWS))
+            yield {"root": root, "settings": settings, "version": str(version.version), "collected": collected}
+        finally:
+            mlflow.set_tracking_uri(None)
+
+
+def test_sites_and_collect(home):
+    assert run("sites") == ["plant_a", "plant_b", "plant_c"]
+    collected = home["collected"]
+    assert collected["accepted"] == 3 and collected["quarantined"] == 0
+    assert collected["sites"]["plant_b"]["accepted"][0]["batch"] == "batch-000005.csv"
+
+
+def test_accept_quarantines_a_bad_file_and_says_why(home):
+    incoming = home["settings"].site_store("plant_c") / "incoming"
+    incoming.mkdir(exist_ok=True)
+    (incoming / "manual.csv").write_text("udi,type\n1,L\n")
+    result = run("accept", "--site", "plant_c")
+    assert result["accepted"] == []
+    assert result["quarantined"][0]["file"] == "manual.csv" and "missing columns" in result["quarantined"][0]["reason"]
+    assert (home["settings"].site_store("plant_c") / "quarantine" / "manual.csv.reason.json").exists()
+
+
+def test_unknown_site_is_named(home):
+    with pytest.raises(ValueError, match="unknown site 'plant_x'.*plant_a"):
+        run("check-unprocessed", "--site", "plant_x")
+
+
+@pytest.fixture(scope="module")
+def plant_b_evaluation(home):
+    tables = run("create-table")
+    check = run("check-unprocessed", "--site", "plant_b")
+    simulated = run("simulate", "--site", "plant_b", "--simulations", "500")
+    p_values = run("p-value", "--site", "plant_b")
+    decided = run("decide", "--site", "plant_b")
+    return {"tables": tables, "check": check, "simulated": simulated, "p_values": p_values, "decided": decided}
+
+
+def test_create_table(plant_b_evaluation):
+    assert {"drift_alerts", "drift_processed_batches"} <= set(plant_b_evaluation["tables"]["tables"])
+
+
+def test_check_unprocessed_uses_the_champions_window(home, plant_b_evaluation):
+    check = plant_b_evaluation["check"]
+    assert check["site"] == "plant_b"
+    assert check["unprocessed"] == ["batch-000005"]
+    assert check["reference"] == [f"batch-00000{i}" for i in (1, 2, 3, 4)]
+    assert check["champion"]["name"] == GLOBAL_MODEL and check["champion"]["version"] == home["version"]
+
+
+def test_simulate_and_p_value_report_per_batch(plant_b_evaluation):
+    simulated = plant_b_evaluation["simulated"]
+    assert simulated["concept_skipped"] is None
+    assert simulated["concept"]["batch-000005"]["simulations"] == 500
+    batch = plant_b_evaluation["p_values"]["batches"]["batch-000005"]
+    assert batch["data"]["process_temperature_k"] < 1e-6
+    assert 0 < batch["concept_p_value"] <= 1
+
+
+def test_decide_finds_the_sensor_offset_at_plant_b(plant_b_evaluation):
+    decided = plant_b_evaluation["decided"]
+    assert decided["drift"] is True and decided["data_drift"] is True
+    data = next(a for a in decided["alerts"] if a["kind"] == "data")
+    assert (data["site"], data["batch"], data["decision"]) == ("plant_b", "batch-000005", "drift")
+    assert data["status"] == "new"
+    assert data["details"]["drifted_columns"] == ["process_temperature_k"]
+    assert data["p_value"] <= 0.05
+    assert {a["kind"] for a in decided["alerts"]} == {"data", "concept"}
+    # The Evidently report reached MLflow, in the site's experiment.
+    report = Path(urlparse(data["report_uri"]).path)
+    assert report.name == "data_drift.html" and report.exists()
+    run_ = mlflow.get_run(data["details"]["mlflow_run_id"])
+    assert run_.data.tags["mledge.batch"] == "batch-000005" and run_.data.tags["mledge.drift"] == "true"
+    assert mlflow.get_experiment(run_.info.experiment_id).name == "drift-plant_b-axis_failures"
+    assert "data_p_value.process_temperature_k" in run_.data.metrics
+
+
+def test_decide_again_and_check_again_find_nothing(plant_b_evaluation):
+    assert run("decide", "--site", "plant_b")["alerts"] == []
+    assert run("check-unprocessed", "--site", "plant_b")["unprocessed"] == []
+
+
+def test_plant_a_stays_clean(home, plant_b_evaluation):
+    run("simulate", "--site", "plant_a", "--simulations", "500")
+    run("p-value", "--site", "plant_a")
+    decided = run("decide", "--site", "plant_a")
+    assert decided["drift"] is False
+    assert {(a["kind"], a["status"], a["updated_by"]) for a in decided["alerts"]} == {
+        ("data", "resolved", "system"), ("concept", "resolved", "system")}
+
+
+def test_alerts_and_review(plant_b_evaluation):
+    listed = run("alerts", "--json")
+    assert {a["site"] for a in listed} >= {"plant_b"}
+    new = run("alerts", "--site", "plant_b", "--status", "new")
+    assert new and all(a["status"] == "new" and a["site"] == "plant_b" for a in new)
+    target = next(a for a in new if a["kind"] == "data")
+    approved = run("review", "--alert-id", str(target["id"]), "--action", "approve", "--user", "alice",
+                   "--note", "sensor replaced")
+    assert (approved["status"], approved["updated_by"], approved["note"]) == ("retraining", "alice", "sensor replaced")
+    with pytest.raises(AlertError, match="cannot become 'acknowledged'"):
+        run("review", "--alert-id", str(target["id"]), "--action", "acknowledge", "--user", "bob")
+    assert run("alerts", "--status", "retraining") == [approved]
+    with pytest.raises(SystemExit):
+        run("review", "--alert-id", "1", "--action", "delete", "--user", "x")
+
+
+def test_collected_batches_are_readable(home):
+    frame = load_site_data(home["settings"].site_store("plant_b"), "plant_b")
+    assert len(frame) == 5 * ROWS and isinstance(frame, pd.DataFrame)

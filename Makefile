@@ -7,7 +7,7 @@ WL := $(VENVS)/workload
 AF := $(VENVS)/orchestrator
 PIP_FLAGS := --quiet --disable-pip-version-check
 
-.PHONY: browser setup demo demo-attack down status bench bench-robust bench-speed test test-unit test-dags test-e2e lint lock clean
+.PHONY: browser setup demo demo-attack down status bench bench-robust bench-speed bench-drift bench-costs test test-unit test-dags test-e2e lint lock clean
 
 setup: $(WL)/.installed $(AF)/.installed ## build both environments from the lock files
 
@@ -66,7 +66,7 @@ clean: down ## remove local state (data, databases, logs) but keep the environme
 demo-attack: setup ## plant_c poisons its updates: FedAvg and FedQV + reputation side by side
 	$(WL)/bin/mledge demo --attack
 
-bench: bench-robust bench-speed ## every benchmark; results as JSON (and markdown) under bench/results/
+bench: bench-robust bench-drift bench-costs ## every benchmark; results as JSON (and markdown) under bench/results/
 
 bench-robust: setup ## robustness grid (strategies x attacks x fractions) and aggregation speed: both JSON files
 	$(WL)/bin/python -m bench.robust
@@ -74,3 +74,9 @@ bench-robust: setup ## robustness grid (strategies x attacks x fractions) and ag
 
 bench-speed: setup ## one aggregate_train per strategy against a NumPy weighted mean, n x d grid
 	$(WL)/bin/python -m bench.aggregation_speed
+
+bench-drift: setup ## detection delay and false alarms per drift scenario, evaluation time against bare Evidently
+	$(WL)/bin/python -m bench.drift
+
+bench-costs: setup ## 1,000,000 FOCUS rows into SQLite and PostgreSQL, re-ingested, against a naive ORM insert
+	$(WL)/bin/python -m bench.costs

@@ -164,19 +164,22 @@ def print_alerts(alerts: list[dict], sites: tuple[str, ...]) -> None:
 
 
 def print_costs(summary: dict) -> None:
-    report = summary.get("report", summary)
-    print(f"Costs        project {report.get('project')} {report.get('from')} .. {report.get('to')}: "
-          f"{report.get('total')} {report.get('currency')}")
-    for provider, cost in (report.get("by_provider") or {}).items():
-        print(f"  {provider:<24} {cost}")
-    rec = summary.get("recommendation") or {}
-    if rec:
-        print(f"Cheapest     for {rec.get('template')}")
-        for offer in rec.get("offers", [])[:3]:
-            print(f"  #{offer['rank']} {offer['provider']:<6} {offer['region']:<16} {offer['instance_type']:<20}"
-                  f" {offer['usd_per_hour']} USD/h  (as of {offer['as_of']}, {offer['source']})")
-        if rec.get("message"):
-            print(f"  {rec['message']}")
+    window = summary["window"]
+    print(f"Costs        project {summary['project']}, {window['from']} .. {window['to']} (exclusive; "
+          f"{window['anchor']}): {summary['total']} {summary['currency']} ({summary['metric']})")
+    for source in summary["ingested"]:
+        print(f"  ingested {source['source']:<22} {source.get('rows', source.get('skipped'))}")
+    for provider, cost in summary["by_provider"].items():
+        print(f"  {provider:<28} {cost} {summary['currency']}")
+    rec = summary["recommendation"]
+    declared = rec["declared"]
+    print(f"Cheapest     cloud for {rec['site']}'s training template {rec['template']} "
+          f"(declared: {declared['provider']} {declared['instance_type']} at {declared['usd_per_hour']} USD/h)")
+    for offer in rec["offers"][:3]:
+        print(f"  #{offer['rank']} {offer['provider']:<6} {offer['region']:<16} {offer['instance_type']:<20}"
+              f" {offer['usd_per_hour']} USD/h  (as of {offer['as_of'] or 'an undated snapshot'}: {offer['source']})")
+    if rec.get("message"):
+        print(f"  {rec['message']}")
 
 
 def run_demo(settings: Settings, rounds: int, timeout: float) -> dict[str, Any]:

@@ -211,7 +211,7 @@ def _run_failures(flower_run_id: str) -> dict:
 def cmd_models_promote(args: argparse.Namespace, settings: Settings) -> dict:
     from fl.registry import promote
 
-    alerts = _alerts_in_retraining() if args.resolve_drift_alerts else []
+    alerts = _alerts_in_retraining(settings) if args.resolve_drift_alerts else []
     result = promote(
         args.flower_run_id,
         metric=args.metric,
@@ -224,25 +224,25 @@ def cmd_models_promote(args: argparse.Namespace, settings: Settings) -> dict:
     for entry in result["site_models"].values():
         log.info("Version %s of %s is %s: %s", entry["version"], entry["registered_model"], entry["alias"],
                  entry["reason"])
-    result["resolved_drift_alerts"] = _resolve_alerts(alerts, result)
+    result["resolved_drift_alerts"] = _resolve_alerts(settings, alerts, result)
     return result
 
 
-def _alerts_in_retraining() -> list[dict]:
+def _alerts_in_retraining(settings: Settings) -> list[dict]:
     """The drift alerts whose retraining this run is: approved (by a person or automatically), not yet resolved."""
     from drift.alerts import AlertStore
-    from fl.serverapp import platform_db_url
+    from drift.db import platform_db_url
 
-    return AlertStore(platform_db_url()).list(status="retraining")
+    return AlertStore(platform_db_url(settings.home)).list(status="retraining")
 
 
-def _resolve_alerts(alerts: list[dict], result: dict) -> list[int]:
+def _resolve_alerts(settings: Settings, alerts: list[dict], result: dict) -> list[int]:
     from drift.alerts import AlertStore
-    from fl.serverapp import platform_db_url
+    from drift.db import platform_db_url
 
     if not alerts:
         return []
-    store = AlertStore(platform_db_url())
+    store = AlertStore(platform_db_url(settings.home))
     versions = ", ".join(
         f"{m['registered_model']} v{m['version']} ({m['alias']})"
         for m in [result, *result["site_models"].values()]

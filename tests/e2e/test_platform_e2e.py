@@ -266,7 +266,7 @@ def test_drift_at_plant_b_triggers_retraining_through_the_asset(platform):
     client = platform.airflow()
     known = {r["dag_run_id"] for r in client.runs(DAG_ID)}
 
-    _, state, tasks = run_dag(platform, "concept_drift_evaluation", {"retraining": "auto", "simulations": 300})
+    _, state, tasks = run_dag(platform, "concept_drift_evaluation", {"retraining": "auto", "simulations": 500})
     assert state == "success", f"{tasks}\n{platform.logs()}"
     alerts = drift_alerts(platform)
     confirmed = [a for a in alerts if a["decision"] == "drift"]

@@ -114,6 +114,9 @@ def platform(tmp_path_factory, airflow_db_url):
     schedule = home / "drift-schedule.json"  # plant_b's sensor reads 1.5 K high from its 3rd batch
     schedule.write_text(json.dumps([{"site": "plant_b", "onset_batch": 3, "kind": "sensor_offset", "offset_k": 1.5}]))
     env.update(
+        # Only the test's own triggers run: the scheduled collection and evaluation wait for New Year.
+        MLEDGE_COLLECTION_SCHEDULE="0 0 1 1 *",
+        MLEDGE_DRIFT_SCHEDULE_CRON="0 0 1 1 *",
         MLEDGE_DRIFT_SCHEDULE=str(schedule),
         MLEDGE_HOME=str(home),
         MLEDGE_AIRFLOW_PORT=str(airflow_port),

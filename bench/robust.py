@@ -30,6 +30,12 @@ How a simulation runs (one process, no Ray, seeded):
   the true number when there is an attack, and 20 % of the clients when there is none (a defender cannot know that
   nobody attacks: it keeps the tolerance it would deploy), capped where the rule cannot tolerate more (Bulyan needs
   n >= 4f + 3). Each record says the f it used (``assumed_malicious``).
+- FedQV's vote budget B is spent over a whole training. The paper's B = 30 goes with about 10 participations per
+  party (100 rounds, 10 % of 100 parties per round): 3 credits per participation, enough for the dearest unmasked
+  vote (1 - ln 0.2 = 2.6). Here every client takes part in every round, so each gets the same 3 credits per
+  participation, B = 3 x rounds (90 for digits' 30 rounds). With B = 30 honest budgets ran dry by round 15-20 while
+  masked attackers, who pay nothing, kept theirs: the vote then went to whoever still had credits. Each record
+  keeps the keyword arguments its rule was built with (``strategy_params``).
 - Flower's ArrayRecord conversions call ``gc.collect()``; the harness runs ``gc.freeze()`` after loading data so
   those collections stay cheap (it changes run time only, not results).
 """
@@ -78,6 +84,8 @@ STRATEGIES = (
 FRACTIONS = (0.0, 0.2, 0.4)
 # The rule a defender would deploy expects this share of attackers when none attack (see the module docstring).
 DEFENDER_FRACTION = 0.2
+# FedQV's budget per round a client takes part in: the paper's B = 30 for about 10 participations (docstring).
+FEDQV_CREDITS_PER_PARTICIPATION = 3.0
 N_CLIENTS = 20
 ALPHA = 0.5
 # The rules the targets are about, and the yardstick they are compared with.
@@ -439,6 +447,8 @@ class Outcome:
     # Krum family, FedQV, ReputationResidual; not the coordinate-wise rules), and the replies the rule rejected.
     malicious_weight: list[float] = field(default_factory=list)
     rejected: list[int] = field(default_factory=list)
+    # The keyword arguments the rule was built with (beyond min_nodes).
+    params: dict = field(default_factory=dict)
 
 
 def accuracy(pred: np.ndarray, y: np.ndarray) -> float:
@@ -475,8 +485,11 @@ def assumed_malicious(strategy: str, n_clients: int, n_malicious: int) -> int:
     return max(f, 0)
 
 
-def strategy_params(strategy: str, n_clients: int, f: int) -> dict[str, object]:
-    """Keyword arguments of fl.strategies.build_strategy for a rule that needs f."""
+def strategy_params(strategy: str, n_clients: int, f: int, rounds: int) -> dict[str, object]:
+    """Keyword arguments of fl.strategies.build_strategy for a rule that needs f, or FedQV's budget for ``rounds``
+    rounds of full participation (module docstring)."""
+    if strategy in ("fedqv", "fedqv-reputation"):
+        return {"budget": FEDQV_CREDITS_PER_PARTICIPATION * rounds}
     if strategy in ("krum", "bulyan"):
         return {"num_malicious_nodes": f}
     if strategy == "multikrum":
@@ -513,9 +526,10 @@ def simulate(
     reported = [reported_examples(profile if i in bad else honest_profile, rows[i]) for i in range(n)]
     honest_rows = np.array([i not in bad for i in range(n)])
 
-    strategy = build_strategy(strategy_name, min_nodes=2, **strategy_params(strategy_name, n, f))
+    params = strategy_params(strategy_name, n, f, rounds)
+    strategy = build_strategy(strategy_name, min_nodes=2, **params)
     global_flat = learner.init(seed)
-    outcome = Outcome([], [], 0.0)
+    outcome = Outcome([], [], 0.0, params=params)
     try:
         for rnd in range(1, rounds + 1):
             trained = learner.train(global_flat, data, fed.epochs, seed=seed * 100_003 + rnd)
@@ -590,6 +604,7 @@ def record_of(
         "malicious_fraction": fraction,
         "malicious_clients": n_malicious,
         "assumed_malicious": f,
+        "strategy_params": outcome.params,
         "rounds": rounds,
         "local_epochs": fed.epochs,
         "seed": seed,
@@ -642,7 +657,7 @@ def run_grid(grid: Grid, tracker: BackgroundTracker | None) -> tuple[list[dict],
                                 "dataset": name, "alpha": fed.alpha, "n_clients": fed.n_clients,
                                 "strategy": strategy, "attack": effective, "malicious_clients": len(malicious),
                                 "assumed_malicious": f, "rounds": rounds, "local_epochs": fed.epochs,
-                                "seed": grid.seed,
+                                "seed": grid.seed, **outcome.params,
                             }
                             tracker.submit(run_id, params, outcome)
                         done[key] = (outcome, run_id)

@@ -10,19 +10,29 @@ c_i is paid from the site's budget B_i (initially B = 30; a site whose budget is
 reputation" variant raises the budget and credits of sites with a high NDSS'23 reputation (> 0.9) and zeroes both
 for sites whose reputation is 0.
 
-Choices where the reference code (github TianyueChu/FedQV, ``models/Fed.py``) departs from the paper's
-description, with the paper followed:
-- masked sites get c_i = 0 and pay nothing; the code still charges them (1 - ln s̄_i) and empties the budget of the
-  least similar site of every round (s̄ = 0), which would drain honest budgets within a few rounds;
-- when every vote is 0 (all masked or out of budget) the weights are uniform; in the code 0/0 makes them NaN, and
-  NaN weights keep the previous global model, which we also do should a weight ever be NaN. Note the consequence:
-  one extreme outlier squeezes every other site's s̄ above 1-θ, so all are masked and the round is a plain
-  average; the reputation variant is the one that excludes such a site;
+Where the reference code (github TianyueChu/FedQV, ``models/Update.py``) and the paper's description differ or
+leave a choice, this follows the paper and says so:
+- masked sites get c_i = 0 and pay nothing (as the code's FedQV does; an early ``models/Fed.py`` had a branch, for
+  a global accuracy of 0, that gave the least similar site a credit of 1 instead);
+- when every vote is 0 (all masked or out of budget) the weights are uniform, as in ``models/Update.py``; should a
+  weight ever be NaN the previous global model is kept. Note the consequence: one extreme outlier squeezes every
+  other site's s̄ above 1-θ, so all are masked and the round is a plain average; the reputation variant is the one
+  that excludes such a site;
 - the reputation variant adjusts budgets and credits only; the code additionally aggregates the residual-
-  restricted models, which would make it a different rule (ReputationResidual's);
+  restricted models, which would make it a different rule (ReputationResidual's). Its reputation is the NDSS'23
+  one with time decay (fl/strategies/reputation_residual.py), kept per site across rounds; the FedQV code
+  recomputes an undecayed one every round;
 - the similarity is computed by the server from the weights it received (``similarity="server"``, the default),
   so a site cannot lie about it; ``similarity="client"`` reads a client-reported ``similarity`` metric, as in
-  the paper.
+  the paper;
+- the budget B is for a whole training (never replenished, as in the code). The paper's B = 30 goes with about 10
+  participations per party (100 rounds, 10 % of 100 parties sampled per round): where every site takes part in
+  every round, and budgets persist across runs, B = 30 runs dry after 15-25 rounds, after which only masked
+  sites (attackers among them) still hold credits. Give ``budget`` in proportion to the rounds a site is
+  expected to take part in (about 3 per participation, as in the paper).
+
+Cost: the similarity and the average read each site's payload where it lies (fl/strategies/arrays.py), so plain
+FedQV costs about two weighted means; only the reputation variant stacks the sites into one matrix.
 """
 
 from __future__ import annotations
@@ -33,7 +43,7 @@ import numpy as np
 from flwr.app import ArrayRecord, Message, MetricRecord
 from flwr.serverapp.strategy import FedAvg
 
-from fl.strategies.arrays import Layout, stack, unflatten, weighted_average
+from fl.strategies.arrays import Layout, dot_products, stack, weighted_sum
 from fl.strategies.reputation_residual import normalise_reputations, restrict_outliers, update_reputations
 from fl.strategies.state import MemoryStateStore, StateStore
 from fl.strategies.validation import BAD_METRICS, NON_FINITE, ValidatingMixin, site_of
@@ -41,14 +51,10 @@ from fl.strategies.validation import BAD_METRICS, NON_FINITE, ValidatingMixin, s
 SIMILARITY_KEY = "similarity"
 
 
-def cosine_similarities(matrix: np.ndarray, reference: np.ndarray) -> np.ndarray:
-    """cos(w_i, g) for every row w_i of ``matrix`` (clients, parameters); 0 where a vector is all zeros.
-
-    BLAS products in the matrix's dtype: their blocked sums keep float32 error near 1e-7 at a million parameters,
-    well below the spread of similarities that min-max normalisation then stretches.
-    """
-    dots = (matrix @ reference).astype(np.float64)
-    norms = np.sqrt(np.array([row @ row for row in matrix], dtype=np.float64)) * np.sqrt(float(reference @ reference))
+def cosines_from_dots(dots: np.ndarray, squares: np.ndarray, reference_square: float) -> np.ndarray:
+    """cos(w_i, g) from w_i · g, w_i · w_i and g · g; 0 where a vector is all zeros."""
+    norms = np.sqrt(np.asarray(squares, dtype=np.float64)) * np.sqrt(float(reference_square))
+    dots = np.asarray(dots, dtype=np.float64)
     return np.divide(dots, norms, out=np.zeros_like(dots), where=norms > 0)
 
 
@@ -137,28 +143,34 @@ class FedQV(ValidatingMixin, FedAvg):
         if not valid:
             return None, None
         sites = [site_of(r) for r in valid]
-        layout = Layout.of(self.arrays_of(valid[0]))
-        matrix = stack([self.arrays_of(r) for r in valid], layout)
-        weights = self._weigh(sites, matrix, valid)
+        records = [self.arrays_of(r) for r in valid]
+        layout = Layout.of(records[0])
+        weights = self._weigh(sites, records, layout, valid)
         metrics = self.aggregate_metrics(valid)
         if np.isnan(weights).any():
             return self.global_arrays, metrics  # as the paper: keep the previous global model
         self.record_weights(sites, weights)
-        return unflatten(weighted_average(matrix, weights), layout), metrics
+        # Straight from the payloads: FedQV weighs whole models, so it needs no (clients, parameters) matrix.
+        return weighted_sum(records, layout, weights), metrics
 
-    def _weigh(self, sites: list[str], matrix: np.ndarray, replies: list[Message]) -> np.ndarray:
+    def _weigh(
+        self, sites: list[str], records: list[ArrayRecord], layout: Layout, replies: list[Message]
+    ) -> np.ndarray:
         """The round's votes: similarity, masking, (reputation,) payment from the stored budgets, weights."""
         if self.similarity == "server":
-            s = cosine_similarities(matrix, self.global_vector().astype(matrix.dtype, copy=False))
+            reference = self.global_vector().astype(layout.compute_dtype, copy=False)
+            dots, squares = dot_products(records, layout, reference)
+            s = cosines_from_dots(dots, squares, float(reference @ reference))
         else:
             s = np.array([float(self.metrics_of(r)[SIMILARITY_KEY]) for r in replies])
         c = masked_votes(minmax_normalise(s), self.theta)
         states = {site: self.state.load(self.state_key, site) for site in sites}
         budgets = np.array([float(states[site].get("budget", self.budget)) for site in sites])
         if self.reputation:
-            # Outlier counts only: the models aggregated stay the sites' own (restrict a copy).
-            outliers = restrict_outliers(matrix.copy(), self.lam, self.threshold)
-            reputations, histories = update_reputations(self.state, self.state_key, sites, outliers, matrix.shape[1])
+            # Outlier counts only: the stacked copy is restricted in place and dropped, the models aggregated stay
+            # the sites' own (see the module docstring).
+            outliers = restrict_outliers(stack(records, layout), self.lam, self.threshold)
+            reputations, histories = update_reputations(self.state, self.state_key, sites, outliers, layout.size)
             for site in sites:
                 states[site]["history"] = histories[site]["history"]
             c, budgets = reputation_adjust(c, budgets, normalise_reputations(reputations))

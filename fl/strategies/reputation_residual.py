@@ -21,7 +21,10 @@ Where the reference code (github TianyueChu/FedRep) departs from the paper, this
 - the aggregate weighs by reputation only, not by example counts, as both paper and code do.
 
 The repeated median costs O(n² d) per round: it is vectorised over coordinates in chunks (NumPy, or PyTorch on a
-GPU when one is available).
+GPU when one is available). On a CPU NumPy's vectorised integer sort of the slopes' bit patterns is the fastest
+exact way found to the inner medians; measured per slope at n = 100 on two busy AVX2 cores: that sort 8.8 ns,
+``np.partition`` 26 ns, ``torch.sort`` 137 ns, ``torch.kthvalue`` 74 ns. At n = 100 and d = 1e6 that is 10^10
+slopes a round: tens of seconds on two cores, about a second on an H100.
 """
 
 from __future__ import annotations

@@ -310,7 +310,8 @@ def test_fedqv_budgets_run_out_round_by_round_and_then_votes_are_uniform():
 
 
 def test_fedqv_server_similarity_ignores_what_clients_claim():
-    from fl.strategies.fedqv import cosine_similarities
+    from fl.strategies.arrays import dot_products
+    from fl.strategies.fedqv import cosines_from_dots
 
     global_arrays, replies = unit_circle_replies([0.0, 0.3, 0.5, 0.7, 1.0])
     for reply in replies:  # every site claims to be the most similar
@@ -323,8 +324,10 @@ def test_fedqv_server_similarity_ignores_what_clients_claim():
     run_round(client, global_arrays, replies)
     assert server.last_weights["s0"] == 0.0 and server.last_weights["s2"] > 0.2
     np.testing.assert_allclose(list(client.last_weights.values()), 0.2)  # equal claims: all masked
-    matrix = np.array([[3.0, 4.0], [0.0, 2.0], [0.0, 0.0]], np.float32)
-    np.testing.assert_allclose(cosine_similarities(matrix, np.array([1.0, 0.0], np.float32)), [0.6, 0.0, 0.0])
+    records = [to_arrayrecord({"w": np.array(row, np.float32)}) for row in ([3.0, 4.0], [0.0, 2.0], [0.0, 0.0])]
+    reference = np.array([1.0, 0.0], np.float32)
+    dots, squares = dot_products(records, Layout.of(records[0]), reference)
+    np.testing.assert_allclose(cosines_from_dots(dots, squares, 1.0), [0.6, 0.0, 0.0])
 
 
 def test_fedqv_client_similarity_must_be_a_cosine():
@@ -470,6 +473,67 @@ def test_hot_paths_decode_without_copies_or_garbage_collections(global_model, mo
     for name in ("fedqv", "fedqv-reputation", "reputation-residual"):
         aggregate(name, global_model, local_models(global_model, 5))
     assert collections == []
+
+
+def test_payload_sums_and_dot_products_equal_the_stacked_matrix_ones(global_model):
+    from fl.strategies.arrays import dot_products, stack, weighted_average, weighted_sum
+
+    records = [to_arrayrecord(m) for m in local_models(global_model, 6)]
+    layout = Layout.of(records[0])
+    matrix = stack(records, layout)
+    weights = np.array([0.5, 0.0, 2.0, 1.0, 0.25, 3.0])
+    np.testing.assert_allclose(vector(weighted_sum(records, layout, weights)), weighted_average(matrix, weights),
+                               rtol=1e-6, atol=1e-7)
+    reference = vector(global_model)
+    dots, squares = dot_products(records, layout, reference)
+    np.testing.assert_allclose(dots, matrix.astype(np.float64) @ reference, rtol=1e-5)
+    np.testing.assert_allclose(squares, (matrix.astype(np.float64) ** 2).sum(axis=1), rtol=1e-5)
+
+
+def test_payload_sums_work_in_the_layouts_dtype_and_across_blocks(monkeypatch):
+    from fl.strategies import arrays
+
+    monkeypatch.setattr(arrays, "SUM_BLOCK", 7)  # several blocks per array, a short last one
+    rng = np.random.default_rng(2)
+    models = [{"w": rng.standard_normal(40), "b": rng.standard_normal(3).astype(np.float32),
+               "steps": np.array(10 + i, np.int64)} for i in range(3)]
+    records = [to_arrayrecord(m) for m in models]
+    layout = Layout.of(records[0])
+    assert layout.compute_dtype == np.float64  # one float64 array: everything is summed in float64
+    summed = arrays.weighted_sum(records, layout, np.array([1.0, 1.0, 2.0]))
+    assert Layout.of(summed) == layout
+    np.testing.assert_allclose(summed["w"].numpy(), (models[0]["w"] + models[1]["w"] + 2 * models[2]["w"]) / 4)
+    assert summed["steps"].numpy() == 11  # (10 + 11 + 2 x 12) / 4 = 11.25, rounded to the nearest integer
+
+
+def test_fedqv_weighs_the_payloads_without_stacking_them(global_model, monkeypatch):
+    from fl.strategies import fedqv
+
+    def no_stack(*args, **kwargs):
+        raise AssertionError("plain FedQV must not build a (clients, parameters) matrix")
+
+    monkeypatch.setattr(fedqv, "stack", no_stack)
+    strategy, arrays, _ = aggregate("fedqv", global_model, local_models(global_model, 5))
+    assert arrays is not None and sum(strategy.last_weights.values()) == pytest.approx(1.0)
+
+
+def test_payload_headers_are_checked_even_when_seen_before(global_model):
+    from fl.strategies.arrays import PayloadError
+
+    record = to_arrayrecord(global_model)
+    good = record["layer.bias"]
+    array_view(good)  # its header is now cached
+    truncated = Array(good.dtype, good.shape, good.stype, good.data[:-4])
+    with pytest.raises(PayloadError, match="bytes for 8"):
+        array_view(truncated)
+    other_shape = Array(good.dtype, (4, 2), good.stype, good.data)
+    with pytest.raises(PayloadError, match="declares float32"):
+        array_view(other_shape)
+    bad_version = Array(good.dtype, good.shape, good.stype, good.data[:6] + b"\x03" + good.data[7:])
+    with pytest.raises(PayloadError, match="unreadable payload"):
+        array_view(bad_version)
+    with pytest.raises(PayloadError, match="unreadable payload"):
+        array_view(Array(good.dtype, good.shape, good.stype, b"not a numpy payload"))
 
 
 def test_unflatten_restores_names_shapes_and_dtypes():

@@ -50,7 +50,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 
 from fl.runs import FlowerError, flwr
 
-PRIVATE_KEY = "supernode.key"
+PRIVATE_KEY = "supernode.key"  # pragma: allowlist secret (a file name)
 PUBLIC_KEY = "supernode.pub"
 SITE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")
 ALREADY_REGISTERED = ("[code: 23]", "Public key already in use")

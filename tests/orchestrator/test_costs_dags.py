@@ -82,6 +82,7 @@ def test_connection_env_per_cloud(tmp_path):
                            "azure", tmp_path)
     assert azure == {"AZURE_CLIENT_ID": "client", "AZURE_CLIENT_SECRET": "secret", "AZURE_TENANT_ID": "tenant",
                      "AZURE_SUBSCRIPTION_ID": "sub"}
+    # pragma: allowlist nextline secret (fake test value)
     key = {"type": "service_account", "project_id": "p", "private_key": "-----BEGIN PRIVATE KEY-----"}
     gcp = connection_env(Conn("google_cloud_platform", extra={"keyfile_dict": json.dumps(key), "project": "p"}),
                          "gcp", tmp_path)
@@ -96,6 +97,7 @@ def test_connection_env_per_cloud(tmp_path):
 
 def test_task_env_reads_the_connection_and_logs_no_secret(monkeypatch, capsys):
     monkeypatch.setenv("AIRFLOW_CONN_AWS_CUSTOMER_A", json.dumps(
+        # pragma: allowlist nextline secret (fake test value)
         {"conn_type": "aws", "login": "AKIACUSTOMERA", "password": "very-secret-value"}))
     operator = CloudCostOperator(task_id="t", source={"name": "customer-a", "kind": "aws_cost_explorer",
                                                       "connection": "aws_customer_a"})

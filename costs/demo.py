@@ -15,7 +15,7 @@ from costs.catalog import load_offers
 from costs.config import CostConfig, build_source
 from costs.ingest import ingest
 from costs.recommend import recommend
-from costs.report import cost_report
+from costs.report import cost_report, projects_by_provider
 from costs.store import CostStore
 from costs.training import load_sites
 
@@ -61,6 +61,9 @@ def demo_summary(store: CostStore, config: CostConfig, *, project: str = "axis_f
         "total": report["total"],
         "by_provider": report["by_provider"],
         "projects": report["projects"],
+        # every project (null: untagged) by provider, in the report's currency
+        "projects_by_provider": [{"project": project, "by_provider": costs} for project, costs in
+                                 projects_by_provider(store, start, end, currency=report["currency"] or "USD").items()],
         "recommendation": {
             "site": site,
             "declared": {"provider": declared.provider, "region": declared.region,

@@ -81,6 +81,24 @@ def cost_report(store: CostStore, project: str, start: date, end: date, *, metri
     }
 
 
+def projects_by_provider(store: CostStore, start: date, end: date, *, metric: str = "EffectiveCost",
+                         currency: str = "USD") -> dict[str | None, dict[str, str]]:
+    """Every project's cost per provider in [start, end) (``None``: untagged), one currency."""
+    if metric not in METRICS:
+        raise ValueError(f"metric {metric!r} is not one of {', '.join(METRICS)}")
+    amount = cost_rows.c[metric]
+    query = (select(cost_rows.c.x_project, cost_rows.c.ProviderName, func.sum(amount))
+             .where(cost_rows.c.ChargePeriodStart >= day_start(start), cost_rows.c.ChargePeriodStart < day_start(end),
+                    cost_rows.c.BillingCurrency == currency)
+             .group_by(cost_rows.c.x_project, cost_rows.c.ProviderName)
+             .order_by(cost_rows.c.x_project, cost_rows.c.ProviderName))
+    out: dict[str | None, dict[str, str]] = {}
+    with store.engine.connect() as conn:
+        for project, provider, cost in conn.execute(query):
+            out.setdefault(project, {})[provider] = _amount(cost)
+    return out
+
+
 def chart_svg(report: dict) -> str:
     """Daily cost per provider as an SVG line chart (matplotlib, Agg; deterministic ids, no timestamp)."""
     import io

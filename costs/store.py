@@ -12,13 +12,13 @@ day and then deletes that day's rows the same ingestion run did not write (a cha
 re-issued export), all in one transaction: re-running a day neither duplicates nor loses a row.
 
 Bulk paths, chosen by database: SQLite, one ``executemany`` of ``INSERT ... ON CONFLICT DO UPDATE`` with the
-parameters already in storage form; PostgreSQL with psycopg2, ``COPY`` into a temporary table, then one
-``INSERT ... SELECT ... ON CONFLICT DO UPDATE``; anything else, SQLAlchemy's executemany.
+parameters already in storage form; PostgreSQL with psycopg2, ``COPY`` (text format, built by one join per row)
+into a temporary table, then one ``INSERT ... SELECT ... ON CONFLICT DO UPDATE``; PostgreSQL with another driver,
+SQLAlchemy's executemany.
 """
 
 from __future__ import annotations
 
-import csv
 import hashlib
 import io
 import json
@@ -367,10 +367,16 @@ class CostStore:
             else:
                 first[key] = (row, tags_json, start, end)
 
-        money = to_sqlite_units if sqlite else _same
+        # Storage form: SQLite gets integer amount units and its DateTime text; PostgreSQL's COPY gets text
+        # throughout; any other driver gets Decimals and datetimes for SQLAlchemy to bind.
+        as_text = self._copies
+        money = to_sqlite_units if sqlite else (str if as_text else _same)
+        stamp_as_text = sqlite or as_text
+        flag = ("f", "t") if as_text else (False, True)
+        run = str(run_id) if as_text and run_id is not None else run_id
 
         def stamp(value: datetime | None) -> str | datetime | None:
-            if value is None or not sqlite:
+            if value is None or not stamp_as_text:
                 return value
             text = stamps.get(value)
             if text is None:
@@ -392,21 +398,26 @@ class CostStore:
                 None if listed is None else money(listed), None if contracted is None else money(contracted),
                 row.billing_currency, row.billing_account_id, row.billing_account_name,
                 stamp(row.billing_period_start), stamp(row.billing_period_end),
-                start if sqlite else row.charge_period_start, end if sqlite else row.charge_period_end,
+                start if stamp_as_text else row.charge_period_start, end if stamp_as_text else row.charge_period_end,
                 row.charge_category, row.charge_class, row.charge_description,
                 None if quantity is None else money(quantity), row.pricing_unit,
                 row.provider_name, row.publisher_name, row.invoice_issuer_name, row.service_category,
                 row.service_name, row.region_id, row.resource_id, row.sku_id, row.sub_account_id, tags_json,
-                row.x_project, row.x_site, bool(row.x_estimated), run_id,
+                row.x_project, row.x_site, flag[bool(row.x_estimated)], run,
             ))
         return out
+
+    @property
+    def _copies(self) -> bool:
+        """Whether batches go through PostgreSQL's COPY (psycopg2), which takes text."""
+        return self.dialect == "postgresql" and self.engine.driver == "psycopg2"
 
     def _upsert(self, conn: Connection, values: list[tuple]) -> None:
         if not values:
             return
         if self.dialect == "sqlite":
             conn.exec_driver_sql(_sqlite_upsert_sql(), values)
-        elif self.dialect == "postgresql" and self.engine.driver == "psycopg2":
+        elif self._copies:
             _pg_copy_upsert(conn, values)
         elif self.dialect == "postgresql":
             from sqlalchemy.dialects.postgresql import insert as pg_insert
@@ -499,14 +510,29 @@ def _sqlite_upsert_sql() -> str:
     return _SQLITE_UPSERT
 
 
+_COPY_ESCAPES = str.maketrans({"\\": "\\\\", "\t": "\\t", "\n": "\\n", "\r": "\\r"})
+
+
+def _copy_text(values: list[tuple]) -> str:
+    """Rows (all text or None) in COPY's text format: tab-separated, \\N for null, backslash escapes."""
+    columns = len(values[0])
+    lines = []
+    for row in values:
+        line = "\t".join(["\\N" if v is None else v for v in row])
+        # Fast path: a value that needs escaping shows as an extra tab, a backslash beyond the \\N markers, or a
+        # newline or CR in the line; only then is each value escaped.
+        if (line.count("\t") != columns - 1 or line.count("\\") != row.count(None) or "\n" in line
+                or "\r" in line):
+            line = "\t".join(["\\N" if v is None else v.translate(_COPY_ESCAPES) for v in row])
+        lines.append(line)
+    lines.append("")
+    return "\n".join(lines)
+
+
 def _pg_copy_upsert(conn: Connection, values: list[tuple]) -> None:
     """COPY the batch into a temporary table, then one INSERT ... SELECT ... ON CONFLICT DO UPDATE."""
     quoted = ", ".join(f'"{n}"' for n in _VALUE_NAMES)
     updates = ", ".join(f'"{n}" = EXCLUDED."{n}"' for n in _VALUE_NAMES if n not in ("x_source", "x_row_key"))
-    buffer = io.StringIO()
-    # Empty strings never reach here (sources turn them into None), so CSV's unquoted empty field means NULL.
-    csv.writer(buffer, lineterminator="\n").writerows(values)
-    buffer.seek(0)
     cursor = conn.connection.dbapi_connection.cursor()
     try:
         # Same column types, no id, no constraints or indexes; lives as long as the pooled session.
@@ -515,7 +541,7 @@ def _pg_copy_upsert(conn: Connection, values: list[tuple]) -> None:
             f"AS SELECT {quoted} FROM cost_rows WITH NO DATA"
         )
         cursor.execute("TRUNCATE cost_rows_incoming")
-        cursor.copy_expert(f"COPY cost_rows_incoming ({quoted}) FROM STDIN WITH (FORMAT csv)", buffer)
+        cursor.copy_expert(f"COPY cost_rows_incoming ({quoted}) FROM STDIN", io.StringIO(_copy_text(values)))
         cursor.execute(
             f"INSERT INTO cost_rows ({quoted}) SELECT {quoted} FROM cost_rows_incoming "
             f"ON CONFLICT (x_source, x_row_key) DO UPDATE SET {updates}"

@@ -117,6 +117,11 @@ def test_demo_summary(run):
     assert all(i["rows"] > 0 for i in summary["ingested"])
     assert set(summary["by_provider"]) == {"AWS", "Google Cloud", "Microsoft"}
     assert Decimal(summary["total"]) == sum(Decimal(v) for v in summary["by_provider"].values())
+    per_project = {p["project"]: p["by_provider"] for p in summary["projects_by_provider"]}
+    assert set(per_project) == {"axis_failures", "vision_qc", None}
+    assert per_project["axis_failures"] == summary["by_provider"]
+    assert {p["project"]: Decimal(p["cost"]) for p in summary["projects"]} == {
+        project: sum(Decimal(c) for c in costs.values()) for project, costs in per_project.items()}
     recommendation = summary["recommendation"]
     assert recommendation["site"] == "plant_a" and recommendation["declared"]["instance_type"] == "g4dn.xlarge"
     assert recommendation["template"]["gpu_class"] == "T4" and recommendation["offers"]

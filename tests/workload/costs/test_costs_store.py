@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from datetime import date, datetime, timedelta
 from decimal import Decimal
 
@@ -117,3 +118,25 @@ def test_ingestion_runs_are_recorded(sqlite_store):
     with sqlite_store.engine.connect() as conn:
         (run,) = conn.execute(select(ingestion_runs)).all()
     assert run.status == "succeeded" and run.rows_written == 1 and run.source == "s"
+
+
+def test_text_survives_the_bulk_path(any_store):
+    """Tabs, newlines, backslashes, a literal \\N, quotes and non-ASCII reach the store unchanged (COPY escaping)."""
+    from sqlalchemy import select
+
+    from costs.store import cost_rows
+
+    odd = "tab\there, line\nbreak, back\\slash, literal \\N, \"quoted\", 'single', Zürich €"
+    special = row(4, "1.5", resource=odd)
+    special.charge_description = odd
+    special.tags = {"mledge-project": "axis_failures", "note": odd}
+    ingest(ListSource("odd", [special, row(4, "2", resource="plain")]), any_store, date(2026, 11, 4),
+           date(2026, 11, 5))
+    with any_store.engine.connect() as conn:
+        stored = conn.execute(select(cost_rows.c.ResourceId, cost_rows.c.ChargeDescription, cost_rows.c.Tags,
+                                     cost_rows.c.ListCost, cost_rows.c.x_estimated)
+                              .order_by(cost_rows.c.BilledCost)).all()
+    assert stored[0].ResourceId == odd and stored[0].ChargeDescription == odd
+    assert json.loads(stored[0].Tags)["note"] == odd
+    assert stored[0].ListCost is None and stored[0].x_estimated is False
+    assert stored[1].ResourceId == "plain"

@@ -20,6 +20,16 @@ INITIAL_BATCHES = 3
 COLLECTED_BATCHES = 4
 
 
+def act_as_platform(settings: Settings) -> None:
+    """This process reads MLflow as the platform identity (the stack's first start has just made it)."""
+    import os
+
+    from mledge import mlflow_auth
+
+    if "MLFLOW_TRACKING_USERNAME" not in os.environ:
+        os.environ.update(mlflow_auth.client_env(settings, "platform"))
+
+
 def admin_client(settings: Settings) -> AirflowClient:
     return AirflowClient(settings.airflow_url, "admin", password_for(stack.airflow_passwords_file(settings), "admin"))
 
@@ -124,6 +134,7 @@ def run_attack_demo(settings: Settings, rounds: int, timeout: float, profile: st
     """plant_c poisons its updates; the same run with FedAvg and with FedQV + reputation, side by side."""
     init_site_data(settings, batches=3)
     stack.up(settings, say=print)
+    act_as_platform(settings)
     results = {}
     for strategy in ("fedavg", "fedqv-reputation"):
         conf = {"rounds": rounds, "strategy": strategy, "attack_site": "plant_c", "attack_profile": profile}
@@ -188,6 +199,7 @@ def run_demo(settings: Settings, rounds: int, timeout: float) -> dict[str, Any]:
     init_site_data(settings, batches=INITIAL_BATCHES)
     print("starting the local stack (Airflow, MLflow, Flower SuperLink and 3 SuperNodes)")
     stack.up(settings, say=print)
+    act_as_platform(settings)
     client = admin_client(settings)
 
     print("\n== 1. federated training: the first global and per-site models")

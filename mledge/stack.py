@@ -95,6 +95,28 @@ def airflow_passwords_file(settings: Settings) -> Path:
     return settings.secrets / "airflow_passwords.json"
 
 
+AIRFLOW_USERS = {"admin": "admin", "viewer": "viewer"}  # user -> SimpleAuthManager role
+
+
+def ensure_airflow_passwords(settings: Settings) -> Path:
+    """Generate the Airflow users' passwords ourselves, before the api-server's first start.
+
+    SimpleAuthManager generates missing ones itself but also prints them to its log; with every user already in
+    the file it prints nothing.
+    """
+    path = airflow_passwords_file(settings)
+    settings.secrets.mkdir(parents=True, exist_ok=True)
+    os.chmod(settings.secrets, 0o700)
+    known = json.loads(path.read_text() or "{}") if path.exists() else {}
+    missing = [user for user in AIRFLOW_USERS if user not in known]
+    if missing:
+        known.update({user: secrets.token_urlsafe(18) for user in missing})
+        path.touch(mode=0o600)
+        os.chmod(path, 0o600)
+        path.write_text(json.dumps(known) + "\n")
+    return path
+
+
 def workload_env(settings: Settings) -> dict[str, str]:
     env = dict(os.environ)
     env.pop("PYTHONPATH", None)
@@ -128,8 +150,8 @@ def airflow_env(settings: Settings) -> dict[str, str]:
         AIRFLOW__API__PORT=str(settings.airflow_port),
         AIRFLOW__API__BASE_URL=settings.airflow_url,
         AIRFLOW__CORE__EXECUTION_API_SERVER_URL=f"{settings.airflow_url}/execution/",
-        AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_USERS="admin:admin,viewer:viewer",
-        AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_PASSWORDS_FILE=str(airflow_passwords_file(settings)),
+        AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_USERS=",".join(f"{u}:{r}" for u, r in AIRFLOW_USERS.items()),
+        AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_PASSWORDS_FILE=str(ensure_airflow_passwords(settings)),
         AIRFLOW__DAG_PROCESSOR__REFRESH_INTERVAL="30",
         MLEDGE_BIN=str(settings.bin("workload", "mledge")),
     )

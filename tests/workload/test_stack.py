@@ -70,3 +70,23 @@ def test_airflow_uses_sqlite_by_default_and_a_database_url_when_given(settings):
     url = "postgresql+psycopg2://postgres@127.0.0.1:5432/airflow"
     with_pg = Settings(home=settings.home, airflow_db_url=url)
     assert stack.airflow_env(with_pg)["AIRFLOW__DATABASE__SQL_ALCHEMY_CONN"] == url
+
+
+def test_airflow_passwords_are_ours_before_the_first_start(tmp_path, monkeypatch):
+    """Every user already has a password, so SimpleAuthManager never generates one and prints it to its log."""
+    import json
+
+    from mledge.settings import Settings
+    from mledge.stack import AIRFLOW_USERS, airflow_env, airflow_passwords_file
+
+    monkeypatch.setenv("MLEDGE_HOME", str(tmp_path))
+    settings = Settings()
+    env = airflow_env(settings)
+    path = airflow_passwords_file(settings)
+    passwords = json.loads(path.read_text())
+    assert sorted(passwords) == sorted(AIRFLOW_USERS)
+    assert len(set(passwords.values())) == len(passwords) and all(len(p) >= 20 for p in passwords.values())
+    assert path.stat().st_mode & 0o777 == 0o600
+    assert env["AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_PASSWORDS_FILE"] == str(path)
+    airflow_env(settings)
+    assert json.loads(path.read_text()) == passwords  # generated once

@@ -76,21 +76,22 @@ def _wait_for_port(port: int, process: subprocess.Popen, timeout: float) -> None
 
 @pytest.fixture(scope="module")
 def superlink(tmp_path_factory, bin_dir):
-    """A real SuperLink on a free local port, and a FLWR_HOME whose default connection "t" points at it."""
+    """A real SuperLink on a free local port, TLS on as in the stack, and a FLWR_HOME whose default connection
+    "t" points at it and verifies its certificate."""
+    from mledge.pki import ensure_tls, flwr_connection_toml, superlink_tls_args
+
     root = tmp_path_factory.mktemp("superlink")
     home = root / "flwr-home"
     home.mkdir()
     port = _free_port()
-    (home / "config.toml").write_text(
-        f'[superlink]\ndefault = "{CONNECTION}"\n\n[superlink.{CONNECTION}]\n'
-        f'address = "127.0.0.1:{port}"\ninsecure = true\n'
-    )
+    tls = ensure_tls(root / "secrets")
+    (home / "config.toml").write_text(flwr_connection_toml(CONNECTION, f"127.0.0.1:{port}", tls))
     env = {**os.environ, "PATH": f"{bin_dir}{os.pathsep}{os.environ.get('PATH', '')}", "FLWR_HOME": str(home)}
     log = (root / "superlink.log").open("wb")
     process = subprocess.Popen(
         [
             str(bin_dir / "flower-superlink"),
-            "--insecure",
+            *superlink_tls_args(tls),
             "--disable-runtime-dependency-installation",
             "--database",
             str(root / "sl.db"),

@@ -10,12 +10,12 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
 import sys
 import uuid
 from pathlib import Path
 
+import e2e_ports
 import pandas as pd
 import pytest
 import requests
@@ -31,21 +31,8 @@ DAG_ID = "federated_training"
 SITES = ("plant_a", "plant_b", "plant_c")
 
 
-def _free(port: int) -> bool:
-    with socket.socket() as s:
-        try:
-            s.bind(("127.0.0.1", port))
-        except OSError:
-            return False
-    return True
-
-
-def free_ports(count: int, start: int = 21000) -> list[int]:
-    """`count` consecutive free ports (the SuperNodes take consecutive ones)."""
-    base = start + (os.getpid() % 500) * 20
-    while not all(_free(p) for p in range(base, base + count)):
-        base += count
-    return list(range(base, base + count))
+def free_ports(count: int) -> list[int]:
+    return e2e_ports.free_ports(count, start=21000)
 
 
 @pytest.fixture(scope="module")

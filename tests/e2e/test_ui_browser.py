@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -22,6 +21,7 @@ from datetime import date, timedelta
 from pathlib import Path
 from urllib.parse import quote
 
+import e2e_ports
 import pytest
 
 from mledge.airflow_api import AirflowClient, password_for
@@ -38,21 +38,8 @@ COST_DAYS = ("2026-11-14", "2026-11-20")  # inside the shipped sample exports (2
 WAIT_S = 90  # a page waits on one `mledge` command; two shared cores can make that slow
 
 
-def _free(port: int) -> bool:
-    with socket.socket() as s:
-        try:
-            s.bind(("127.0.0.1", port))
-        except OSError:
-            return False
-    return True
-
-
-def free_ports(count: int, start: int = 23000) -> list[int]:
-    """`count` consecutive free ports (the SuperNodes take consecutive ones)."""
-    base = start + (os.getpid() % 500) * 20
-    while not all(_free(p) for p in range(base, base + count)):
-        base += count
-    return list(range(base, base + count))
+def free_ports(count: int) -> list[int]:
+    return e2e_ports.free_ports(count, start=23000)
 
 
 class Stack:

@@ -10,6 +10,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from airflow.providers.standard.operators.branch import BaseBranchOperator
+from airflow.sdk.exceptions import AirflowSkipException
 
 from operators.assets import DRIFT
 from operators.mledge import MledgeHook, MledgeOperator
@@ -73,6 +74,10 @@ class RequestRetrainingOperator(MledgeOperator):
             task_ids=_in_group(self, self.decision_task_id), key=RESULT_KEY, map_indexes=ti.map_index
         ) or {}
         ids = [a["id"] for a in decision.get("alerts", []) if a.get("decision") == "drift" and a.get("status") == "new"]
+        if not decision.get("drift") or not ids:
+            # Guard: the branch should have skipped this site already (Airflow 3.3 does not always skip one map
+            # index of a mapped task group); without confirmed drift no Asset event may be emitted.
+            raise AirflowSkipException(f"no new confirmed drift at {decision.get('site', '?')}: nothing to retrain")
         hook = MledgeHook(self.executable)
         for alert_id in ids:
             hook.run(["drift", "review", "--alert-id", alert_id, "--action", "approve", "--user", self.user])

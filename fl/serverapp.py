@@ -15,9 +15,7 @@ Run config keys are those of fl/flower_app/pyproject.toml.
 from __future__ import annotations
 
 import logging
-import os
 from collections.abc import Iterable, Mapping
-from pathlib import Path
 
 import mlflow
 import numpy as np
@@ -26,6 +24,7 @@ from flwr.serverapp import Grid, ServerApp
 
 from fl.clientapp import CHAMPION_KEY, COMPUTE_KEY, SITE_CHAMPION_KEY, SITE_KEY, WINDOW_KEY
 from fl.model import N_FEATURES, Counts, build_model, metrics_from_counts
+from fl.platform_db import platform_db_url
 from fl.registry import (
     EVIDENCE_PATH,
     EXPERIMENT,
@@ -66,12 +65,6 @@ def counts_from(metrics: Mapping[str, float], prefix: str = "") -> Counts | None
 
 def reply_metrics(reply: Message) -> dict[str, float]:
     return dict(next(iter(reply.content.metric_records.values())))
-
-
-def platform_db_url() -> str:
-    """The platform database (strategy state): MLEDGE_PLATFORM_DB_URL, else SQLite under MLEDGE_HOME."""
-    home = Path(os.environ.get("MLEDGE_HOME") or Path.cwd())
-    return os.environ.get("MLEDGE_PLATFORM_DB_URL") or f"sqlite:///{home / 'platform.db'}"
 
 
 def split_replies(replies: Iterable[Message], sites: dict[int, str]) -> tuple[dict[str, Message], dict[str, str]]:

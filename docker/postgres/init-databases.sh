@@ -20,6 +20,8 @@ for name in AIRFLOW_DB_PASSWORD MLFLOW_DB_PASSWORD PLATFORM_DB_PASSWORD COSTS_DB
   fi
 done
 
+# The passwords are psql variables (:'airflow_pw', ...) bound from the required environment values above, never
+# literals in this file; psql quotes them, so they do not appear in the SQL text or the server log.
 psql --no-psqlrc --set ON_ERROR_STOP=1 --username "${POSTGRES_USER:-postgres}" --dbname postgres \
   --set airflow_pw="${AIRFLOW_DB_PASSWORD}" \
   --set mlflow_pw="${MLFLOW_DB_PASSWORD}" \

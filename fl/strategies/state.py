@@ -14,8 +14,8 @@ from typing import Protocol
 
 import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql, sqlite
-from sqlalchemy.engine import Engine
-from sqlalchemy.pool import StaticPool
+
+from fl.platform_db import make_engine
 
 metadata = sa.MetaData()
 
@@ -54,16 +54,8 @@ class SiteStateStore:
 
     def __init__(self, url: str) -> None:
         self.url = url
-        self.engine = self._engine(url)
+        self.engine = make_engine(url)
         metadata.create_all(self.engine, checkfirst=True)
-
-    @staticmethod
-    def _engine(url: str) -> Engine:
-        parsed = sa.make_url(url)
-        if parsed.get_backend_name() == "sqlite" and parsed.database in (None, "", ":memory:"):
-            # One shared connection, or every new connection would see a new, empty in-memory database.
-            return sa.create_engine(url, poolclass=StaticPool, connect_args={"check_same_thread": False})
-        return sa.create_engine(url, pool_pre_ping=True)
 
     def load(self, strategy: str, site: str) -> dict:
         query = sa.select(strategy_site_state.c.state).where(

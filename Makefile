@@ -52,6 +52,7 @@ browser: ## Debian's chromium and chromium-driver for the UI test in headless Ch
 
 lint: setup
 	$(WL)/bin/ruff check .
+	$(WL)/bin/lint-imports
 	.ci/lint-docker
 
 lock: ## regenerate both lock files from the environments as they are

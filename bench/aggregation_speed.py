@@ -4,7 +4,7 @@
 ``aggregation_speed.md``: for n in {20, 100} clients and d in {1e5, 1e6, 1e7} float32 parameters, the median
 seconds of a few calls per contender and its ratio to the NumPy weighted mean of the same inputs.
 
-- Inputs: one set of n reply Messages per cell (``fl.strategies.harness.make_reply``), each client's vector the
+- Inputs: one set of n reply Messages per cell (``fl.simulation.harness.make_reply``), each client's vector the
   same base plus its own noise, split over four arrays like a small model's layers. Every call gets fresh
   ArrayRecords over the same payload bytes (Flower's FedMedian, FedTrimmedAvg and Bulyan empty the records they
   read, so a record cannot be aggregated twice; sharing the bytes costs no copy).
@@ -45,9 +45,9 @@ from flwr.app import Array, ArrayRecord, Message, RecordDict
 from flwr.serverapp import strategy as flower
 from threadpoolctl import threadpool_limits
 
+from fl.simulation.harness import make_reply
 from fl.strategies import STRATEGIES, build_strategy
 from fl.strategies.arrays import array_view
-from fl.strategies.harness import make_reply
 
 ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_OUT = ROOT / "bench" / "results"

@@ -2,11 +2,11 @@
 
 ``python -m bench.drift`` (``make bench-drift``) writes ``bench/results/drift.json`` and ``drift.md``.
 
-Detection (the platform's whole per-batch decision: ``drift.site_eval.evaluate_batch``, i.e. Evidently's data
-drift with our stat test per column, the stratified permutation test on the champion's errors, and Holm within
-the site at alpha / 3 sites):
-- scenarios: ``plant_b-sensor-offset`` and ``plant_c-product-mix`` (fl/sites.py SCENARIOS, onset batch 5) and
-  ``clean`` (no drift; the streams rotate over the three sites);
+Detection (the whole per-batch decision, ``evaluate_batch`` below: ``measure_batch`` at the site, then
+``drift.decision.decide_batch`` at the platform, i.e. Evidently's data drift with our stat test per column, the
+stratified permutation test on the champion's errors, and Holm within the site at alpha / 3 sites):
+- scenarios: ``plant_b-sensor-offset`` and ``plant_c-product-mix`` (mledge/onsite/profiles.py SCENARIOS, onset
+  batch 5) and ``clean`` (no drift; the streams rotate over the three sites);
 - each of ``--streams`` streams per scenario is the site's generator with its own seed (profile seed x 1000 +
   stream); batches 1-3 are the reference window, a model trained on their rows that are not held out stands in
   for the champion (the federated champion is trained the same way on more sites);
@@ -46,12 +46,16 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from drift.data_drift import COLUMN_METHODS
-from drift.site_eval import evaluate_batch
-from fl.generator import generate_batch
-from fl.model import build_model, features, labels, train_local
-from fl.sites import SCENARIOS, SITES, ScheduledDrift, SiteProfile
-from fl.store import is_held_out
+from drift.decision import decide_batch
+from fl.model import build_model
+from mledge.onsite.data_drift import COLUMN_METHODS
+from mledge.onsite.drift_evaluation import measure_batch
+from mledge.onsite.features import features, labels
+from mledge.onsite.generator import generate_batch
+from mledge.onsite.profiles import PROFILES as SITES
+from mledge.onsite.profiles import SCENARIOS, ScheduledDrift, SiteProfile
+from mledge.onsite.store import is_held_out
+from mledge.onsite.training import train_local
 
 ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_OUT = ROOT / "bench" / "results"
@@ -61,6 +65,12 @@ DRIFT_SCENARIOS = ("plant_b-sensor-offset", "plant_c-product-mix")
 TARGETS = {"max_delay_batches": 2, "max_false_alarm_rate": 0.05, "max_overhead": 1.2}
 
 log = logging.getLogger("bench.drift")
+
+
+def evaluate_batch(reference, current, model, *, n_sites: int, alpha: float, **measure) -> dict:
+    """One batch as the DAG evaluates it: the site measures, the platform corrects and decides."""
+    measured = measure_batch(reference, current, model, alpha=alpha, **measure)
+    return decide_batch(measured["data"], measured["concept"], alpha, n_sites)
 
 
 def stream_profile(site: str, stream: int) -> SiteProfile:

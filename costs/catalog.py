@@ -132,21 +132,3 @@ def find_offer(offers: Sequence[Offer], provider: str, region: str, instance_typ
         if (offer.provider, offer.region, offer.instance_type) == (provider, region, instance_type):
             return offer
     return None
-
-
-def refresh(store: CostStore, provider: str, *, today: date | None = None, **connector_options) -> dict:
-    """Replace one provider's catalogued prices from its price API; returns what changed or why it skipped."""
-    from costs import pricing
-
-    provider = provider.lower()
-    if provider not in PROVIDERS:
-        raise ValueError(f"unknown provider {provider!r}; valid: {', '.join(PROVIDERS)}")
-    known = load_offers(store, provider)
-    connector = pricing.connector(provider, **connector_options)
-    reason = connector.unavailable()
-    if reason:
-        return {"provider": provider, "skipped": reason}
-    result = connector.fetch(known, today=today or date.today())
-    upsert_offers(store, result.offers)
-    return {"provider": provider, "updated": len(result.offers), "not_found": result.not_found,
-            "as_of": (today or date.today()).isoformat(), "source": connector.source_name}

@@ -22,10 +22,8 @@ from __future__ import annotations
 import hashlib
 import io
 import json
-import logging
 import os
 from collections.abc import Iterable
-from contextlib import contextmanager
 from datetime import UTC, datetime
 from decimal import Decimal
 from pathlib import Path
@@ -57,8 +55,7 @@ from sqlalchemy.engine import Connection, Engine
 
 from costs.dbtypes import Money, to_sqlite_units
 from costs.focus import COLUMNS, CostDataError, CostRow
-
-log = logging.getLogger(__name__)
+from mledge.db.migrate import upgrade
 
 MIGRATIONS = Path(__file__).resolve().parent / "migrations"
 DB_URL_ENV = "MLEDGE_COST_DB_URL"
@@ -237,38 +234,7 @@ class CostStore:
     # --- schema ----------------------------------------------------------------------------------------------
 
     def _migrate(self) -> None:
-        with _quiet_alembic():
-            self._upgrade()
-
-    def _upgrade(self) -> None:
-        from alembic import command
-        from alembic.config import Config
-        from alembic.runtime.migration import MigrationContext
-        from alembic.script import ScriptDirectory
-
-        config = Config()
-        config.set_main_option("script_location", str(MIGRATIONS))
-        head = ScriptDirectory.from_config(config).get_current_head()
-        with self.engine.connect() as conn:
-            if MigrationContext.configure(conn).get_current_revision() == head:
-                return
-        with self._migration_lock(), self.engine.begin() as conn:
-            if self.dialect == "postgresql":
-                conn.exec_driver_sql("SELECT pg_advisory_xact_lock(7341120501)")  # one migrator at a time
-            config.attributes["connection"] = conn
-            command.upgrade(config, "head")
-        log.debug("cost store %s migrated to %s", self.engine.url.render_as_string(hide_password=True), head)
-
-    @contextmanager
-    def _migration_lock(self):
-        database = self.engine.url.database
-        if self.dialect == "sqlite" and database and database != ":memory:":
-            from filelock import FileLock
-
-            with FileLock(f"{database}.migrate.lock", timeout=300):
-                yield
-        else:
-            yield
+        upgrade(self.engine, MIGRATIONS)
 
     # --- ingestion runs --------------------------------------------------------------------------------------
 
@@ -456,18 +422,6 @@ class CostStore:
             value = conn.execute(select(func.max(cost_rows.c.ChargePeriodStart))
                                  .where(cost_rows.c.x_source == source)).scalar_one()
         return value.date() if value else None
-
-
-@contextmanager
-def _quiet_alembic():
-    """Alembic logs its plugins and DDL mode at INFO on every check: noise in every task log."""
-    logger = logging.getLogger("alembic")
-    level = logger.level
-    logger.setLevel(max(level, logging.WARNING))
-    try:
-        yield
-    finally:
-        logger.setLevel(level)
 
 
 def _same(value: Decimal) -> Decimal:

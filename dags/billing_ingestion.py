@@ -16,12 +16,13 @@ from datetime import datetime, timedelta
 
 from airflow.sdk import DAG, Param
 
+from mledge.contracts import BILLING_DAG_ID
 from operators.costs import CloudCostOperator, configured_sources
 
 SOURCES = configured_sources()
 
 with DAG(
-    dag_id="billing_ingestion",
+    dag_id=BILLING_DAG_ID,
     description="Daily cloud billing ingestion into the FOCUS-aligned cost store, one task per source",
     schedule="@daily",
     start_date=datetime(2026, 1, 1),

@@ -1,13 +1,16 @@
 """concept_drift_evaluation: data and concept drift at every site, where the data live; retraining on confirmed drift.
 
-Per registered site (dynamic task mapping), in a mapped task group:
+migrate_platform_db -> registered_sites -> site_names, then per registered site (dynamic task mapping), in a
+mapped task group:
 
-    create_table -> check_unprocessed -> generate_simulations | skip_generate_simulations -> evaluate_p_value
+    check_unprocessed -> generate_simulations | skip_generate_simulations -> evaluate_p_value
         -> determine_conceptdrift -> fl_train | skip_training
 
-Only statistics, p-values and reports leave a site. ``fl_train`` emits the ``mledge://axis_failures/drift`` Asset
-event on which ``federated_training`` is scheduled; with ``retraining = approval`` the alerts wait on the drift
-review page instead. Every task runs the workload entry point ``mledge``; this file only wires.
+``migrate_platform_db`` creates or upgrades the platform database (``mledge db migrate``, idempotent) once, before
+any site's task reads or writes it. Only statistics, p-values and reports leave a site. ``fl_train`` emits the
+``mledge://axis_failures/drift`` Asset event on which ``federated_training`` is scheduled; with
+``retraining = approval`` the alerts wait on the drift review page instead. Every task runs the workload entry point
+``mledge``; this file only wires.
 """
 
 from __future__ import annotations
@@ -19,6 +22,15 @@ from airflow.providers.standard.operators.empty import EmptyOperator
 from airflow.sdk import DAG, Param, task, task_group
 from airflow.timetables.trigger import CronTriggerTimetable
 
+from mledge.contracts import (
+    DRIFT_DAG_ID,
+    DRIFT_SIMULATIONS,
+    MAX_DRIFT_SIMULATIONS,
+    MIN_DRIFT_SIMULATIONS,
+    RETRAINING_AUTO,
+    RETRAINING_MODES,
+    USE_CASE,
+)
 from operators.drift import MledgeBranchOperator, RequestRetrainingOperator
 from operators.mledge import MledgeOperator
 
@@ -30,11 +42,11 @@ def _has_unprocessed(result: dict, context) -> bool:
 
 
 def _retrain_now(result: dict, context) -> bool:
-    return bool(result.get("drift")) and context["params"]["retraining"] == "auto"
+    return bool(result.get("drift")) and context["params"]["retraining"] == RETRAINING_AUTO
 
 
 with DAG(
-    dag_id="concept_drift_evaluation",
+    dag_id=DRIFT_DAG_ID,
     description="Evidently data drift and simulated concept-drift p-values per site; retraining on confirmed drift",
     # Next cron time after unpausing, not at once: no start date, and no grace period (run_immediately=0).
     schedule=CronTriggerTimetable(
@@ -44,20 +56,26 @@ with DAG(
     max_active_runs=1,
     default_args={"retries": 1, "retry_delay": timedelta(seconds=30)},
     params={
-        # 1/(N+1) must fall below the smallest Holm level (0.05 / 3 sites / 7 tests ~ 0.0024): N >= 500.
+        # 1/(N+1) must fall below the smallest Holm level: the minimum (see mledge.contracts).
         "simulations": Param(
-            1000, type="integer", minimum=500, description="Permutations per batch for the concept-drift p-value"
+            DRIFT_SIMULATIONS,
+            type="integer",
+            minimum=MIN_DRIFT_SIMULATIONS,
+            maximum=MAX_DRIFT_SIMULATIONS,
+            description="Permutations per batch for the concept-drift p-value",
         ),
         "retraining": Param(
-            os.environ.get("MLEDGE_RETRAINING", "auto"),
-            enum=["auto", "approval"],
+            os.environ.get("MLEDGE_RETRAINING", RETRAINING_AUTO),
+            enum=list(RETRAINING_MODES),
             description="auto: confirmed drift triggers federated_training; approval: a person approves first",
         ),
     },
-    tags=["mledge", "axis_failures", "drift"],
+    tags=["mledge", USE_CASE, "drift"],
     doc_md=__doc__,
 ) as dag:
+    migrate_platform_db = MledgeOperator(task_id="migrate_platform_db", arguments=["db", "migrate"])
     registered = MledgeOperator(task_id="registered_sites", arguments=["drift", "sites"])
+    migrate_platform_db >> registered
 
     @task
     def site_names(answer: list[str]) -> list[str]:
@@ -66,7 +84,6 @@ with DAG(
 
     @task_group(group_id="site")
     def evaluate_site(site: str) -> None:
-        create_table = MledgeOperator(task_id="create_table", arguments=["drift", "create-table"])
         check_unprocessed = MledgeBranchOperator(
             task_id="check_unprocessed",
             arguments=["drift", "check-unprocessed", "--site", site],
@@ -92,7 +109,7 @@ with DAG(
         fl_train = RequestRetrainingOperator(task_id="fl_train", decision_task_id="determine_conceptdrift")
         skip_training = EmptyOperator(task_id="skip_training")
 
-        create_table >> check_unprocessed >> [generate_simulations, skip_generate_simulations] >> evaluate_p_value
+        check_unprocessed >> [generate_simulations, skip_generate_simulations] >> evaluate_p_value
         evaluate_p_value >> determine_conceptdrift >> [fl_train, skip_training]
 
     evaluate_site.expand(site=site_names(registered.output))

@@ -15,10 +15,11 @@ from datetime import timedelta
 from airflow.sdk import DAG, Param, task
 from airflow.timetables.trigger import CronTriggerTimetable
 
+from mledge.contracts import COLLECTION_DAG_ID, ROWS_PER_BATCH, USE_CASE
 from operators.mledge import MledgeOperator
 
 with DAG(
-    dag_id="data_collection",
+    dag_id=COLLECTION_DAG_ID,
     description="Append a validated batch to every site's local store; quarantine malformed batches",
     # Next cron time after unpausing, not at once: no start date, and no grace period (run_immediately=0).
     schedule=CronTriggerTimetable(
@@ -27,8 +28,10 @@ with DAG(
     catchup=False,
     max_active_runs=1,
     default_args={"retries": 1, "retry_delay": timedelta(seconds=30)},
-    params={"rows": Param(1000, type="integer", minimum=10, description="Rows per new batch")},
-    tags=["mledge", "axis_failures", "data"],
+    params={
+        "rows": Param(ROWS_PER_BATCH, type="integer", minimum=10, maximum=1_000_000, description="Rows per new batch")
+    },
+    tags=["mledge", USE_CASE, "data"],
     doc_md=__doc__,
 ) as dag:
     sites = MledgeOperator(task_id="registered_sites", arguments=["drift", "sites"])

@@ -1,14 +1,15 @@
 """federated_training: one federated training of the axis_failures model, from connected sites to the registry.
 
-wait_for_supernodes -> start_flower_run -> await_flower_run -> register_and_promote
-                                                              \-> record_training_cost
+migrate_platform_db -> wait_for_supernodes -> start_flower_run -> await_flower_run -> register_and_promote
+                                                                                   -> record_training_cost
 
-Scheduled on data, not on a clock: confirmed (or approved) drift emits the ``mledge://axis_failures/drift`` Asset
-event and that starts a run. ``MLEDGE_TRAINING_SCHEDULE`` (a cron expression) adds a time schedule besides it.
-Trigger it from the UI with the parameters below. ``register_and_promote`` registers the global model and each
-site's personalised model, links the drift alerts that asked for the training, and resolves them;
-``record_training_cost`` prices each site's compute seconds at its declared instance type into the cost store.
-Every task runs the workload entry point ``mledge``; this file only wires.
+``migrate_platform_db`` creates or upgrades the platform database (``mledge db migrate``, idempotent) before
+anything reads it. Scheduled on data, not on a clock: confirmed (or approved) drift emits the
+``mledge://axis_failures/drift`` Asset event and that starts a run. ``MLEDGE_TRAINING_SCHEDULE`` (a cron expression)
+adds a time schedule besides it. Trigger it from the UI with the parameters below. ``register_and_promote``
+registers the global model and each site's personalised model, links the drift alerts that asked for the training,
+and resolves them; ``record_training_cost`` prices each site's compute seconds at its declared instance type into
+the cost store. Every task runs the workload entry point ``mledge``; this file only wires.
 """
 
 from __future__ import annotations
@@ -19,6 +20,19 @@ from datetime import datetime, timedelta
 from airflow.sdk import DAG, AssetOrTimeSchedule, Param
 from airflow.timetables.trigger import CronTriggerTimetable
 
+from mledge.contracts import (
+    DEFAULT_STRATEGY,
+    LEARNING_RATE,
+    LOCAL_EPOCHS,
+    MIN_CLIENTS,
+    NODE_WAIT_TIMEOUT_S,
+    ROUNDS,
+    RUN_TIMEOUT_S,
+    SITES,
+    STRATEGIES,
+    TRAINING_DAG_ID,
+    USE_CASE,
+)
 from operators.assets import DRIFT
 from operators.mledge import MledgeOperator
 
@@ -27,8 +41,8 @@ RUN_ID = "{{ ti.xcom_pull(task_ids='start_flower_run')['run_id'] }}"
 CRON = os.environ.get("MLEDGE_TRAINING_SCHEDULE")
 
 with DAG(
-    dag_id="federated_training",
-    description="Federated training of the axis_failures model across the plants, then registry promotion",
+    dag_id=TRAINING_DAG_ID,
+    description=f"Federated training of the {USE_CASE} model across the sites, then registry promotion",
     schedule=(
         AssetOrTimeSchedule(timetable=CronTriggerTimetable(CRON, timezone="UTC"), assets=[DRIFT]) if CRON else [DRIFT]
     ),
@@ -37,35 +51,48 @@ with DAG(
     max_active_runs=1,
     default_args={"retries": 0, "retry_delay": timedelta(seconds=30)},
     params={
-        "min_clients": Param(3, type="integer", minimum=1, description="SuperNodes that must be connected"),
-        "node_wait_timeout_s": Param(300, type="integer", minimum=1, description="How long to wait for them"),
-        "rounds": Param(3, type="integer", minimum=1, maximum=100, description="Federated rounds"),
-        "local_epochs": Param(2, type="integer", minimum=1, maximum=50, description="Epochs per round at a site"),
-        "learning_rate": Param(0.005, type="number", exclusiveMinimum=0),
+        "min_clients": Param(
+            MIN_CLIENTS, type="integer", minimum=1, maximum=1000, description="SuperNodes that must be connected"
+        ),
+        "node_wait_timeout_s": Param(
+            NODE_WAIT_TIMEOUT_S, type="integer", minimum=1, maximum=3600, description="How long to wait for them"
+        ),
+        "rounds": Param(ROUNDS, type="integer", minimum=1, maximum=100, description="Federated rounds"),
+        "local_epochs": Param(
+            LOCAL_EPOCHS, type="integer", minimum=1, maximum=50, description="Epochs per round at a site"
+        ),
+        "learning_rate": Param(LEARNING_RATE, type="number", exclusiveMinimum=0),
         "strategy": Param(
-            "fedavg",
+            DEFAULT_STRATEGY,
             type="string",
-            description="Aggregation rule: fedavg, krum, multikrum, fedmedian, fedtrimmedavg, bulyan, fedqv, "
-            "fedqv-reputation, reputation-residual",
+            enum=list(STRATEGIES),
+            values_display=dict(STRATEGIES),
+            description="Aggregation rule (robust rules reject or down-weight poisoned updates)",
         ),
         "attack_site": Param(
             "",
             type="string",
-            description="Simulation only: a site that poisons its updates in this run (empty: none)",
+            enum=["", *SITES],
+            values_display={"": "none", **{site: site for site in SITES}},
+            description="Simulation only: a site that poisons its updates in this run (none: no attack)",
         ),
         "attack_profile": Param(
             "",
             type="string",
-            description="Simulation only: that site's attack, e.g. attack='scaling' attack-scale=10 (fl/attacks.py)",
+            description="Simulation only: that site's attack, e.g. attack='scaling' attack-scale=10 "
+            "(fl/simulation/attacks.py)",
         ),
-        "run_timeout_s": Param(1800, type="integer", minimum=10, description="Limit for the Flower run"),
+        "run_timeout_s": Param(
+            RUN_TIMEOUT_S, type="integer", minimum=10, maximum=86400, description="Limit for the Flower run"
+        ),
         "site_margin": Param(
             0.0, type="number", minimum=0, description="How much a site's new model must beat its champion (F1)"
         ),
     },
-    tags=["mledge", "axis_failures", "federated"],
+    tags=["mledge", USE_CASE, "federated"],
     doc_md=__doc__,
 ) as dag:
+    migrate_platform_db = MledgeOperator(task_id="migrate_platform_db", arguments=["db", "migrate"])
     wait_for_supernodes = MledgeOperator(
         task_id="wait_for_supernodes",
         arguments=[
@@ -109,4 +136,5 @@ with DAG(
         ],
     )
 
-    wait_for_supernodes >> start_flower_run >> await_flower_run >> [register_and_promote, record_training_cost]
+    migrate_platform_db >> wait_for_supernodes >> start_flower_run >> await_flower_run
+    await_flower_run >> [register_and_promote, record_training_cost]

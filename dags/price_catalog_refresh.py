@@ -14,11 +14,12 @@ from datetime import datetime, timedelta
 
 from airflow.sdk import DAG
 
+from mledge.contracts import PRICES_DAG_ID
 from operators.costs import CloudCostOperator
 from operators.mledge import MledgeOperator
 
 with DAG(
-    dag_id="price_catalog_refresh",
+    dag_id=PRICES_DAG_ID,
     description="Weekly refresh of the price catalogue from the AWS, Azure and GCP price APIs",
     schedule="@weekly",
     start_date=datetime(2026, 1, 1),

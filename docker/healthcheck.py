@@ -1,13 +1,13 @@
 #!/usr/bin/env python3
 """Health checks of MLEDGE's containers (the images' HEALTHCHECK and docker-compose.yml's ``healthcheck``).
 
-    healthcheck.py component NAME   the check of a component, its port from mledge.settings (as the local stack)
+    healthcheck.py component NAME   the check of a component, its port from mledge.ops.settings (as the local stack)
     healthcheck.py auto             the component docker/entrypoint.sh recorded; none (a one-shot job): healthy
     healthcheck.py tcp HOST:PORT    something accepts TCP connections there
     healthcheck.py http URL         GET answers 200
 
 Exit status 0 when healthy, 1 otherwise, with one line saying what was checked. Standard library only (plus
-``mledge.settings``, itself standard library), so every image's interpreter can run it.
+``mledge.ops.settings``, itself standard library), so every image's interpreter can run it.
 """
 
 from __future__ import annotations
@@ -56,8 +56,8 @@ def airflow_job(job_type: str) -> tuple[bool, str]:
 
 
 def component_check(name: str) -> Callable[[], tuple[bool, str]]:
-    """The check of one component, on the ports mledge.settings gives the local stack."""
-    from mledge.settings import Settings
+    """The check of one component, on the ports mledge.ops.settings gives the local stack."""
+    from mledge.ops.settings import Settings
 
     settings = Settings()
     if name == "superlink":

@@ -53,7 +53,7 @@ COPY drift /opt/mledge/drift
 COPY costs /opt/mledge/costs
 COPY mledge /opt/mledge/mledge
 COPY docker/entrypoint.sh docker/healthcheck.py /opt/mledge/docker/
-# Editable, as `make setup` installs it: mledge.settings finds mlflow/ and .venvs/ beside the package.
+# Editable, as `make setup` installs it: mledge.ops.settings finds mlflow/ and .venvs/ beside the package.
 RUN pip install --no-cache-dir --no-deps -e /opt/mledge \
     && pip check \
     && chmod 0755 /opt/mledge/docker/entrypoint.sh \

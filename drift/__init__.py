@@ -1,5 +1,6 @@
-"""Drift detection for MLEDGE, run where the data live: data drift (Evidently), concept drift (the production
-model's errors, p-value by simulation), false-alarm control, and the alert and bookkeeping tables.
+"""Drift detection, the platform's half: sites measure (mledge/onsite/: Evidently data drift, concept-drift
+p-values by simulation) and hand over p-values and statistics; here they are corrected for false alarms, decided,
+and recorded as alerts and processed marks in the platform database, where people review them.
 
-No Airflow imports, and nothing heavy at import time: ``drift.alerts`` is imported by the Airflow UI plugin too.
+No Airflow imports, nothing heavy at import time, and no raw rows: the site package is never imported here.
 """

@@ -5,8 +5,7 @@ is recorded as ``resolved`` by ``system``, so the table also shows what was chec
 moves an alert on with ``set_status`` (the review page, or ``mledge drift review``); each change keeps who made
 it and why, in the alert and in the ``drift_alert_events`` history.
 
-Only SQLAlchemy Core and the standard library: the Airflow UI plugin imports this module in the Airflow
-environment.
+Only SQLAlchemy Core and the standard library. The table lives in the platform database (mledge/db/).
 """
 
 from __future__ import annotations
@@ -21,58 +20,13 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
 
-from drift.db import make_engine, safe_url
+from mledge.contracts import ALERT_ACTIONS, ALERT_DECISIONS, ALERT_KINDS, ALERT_STATUSES, ALERT_TRANSITIONS
+from mledge.db import connect
+from mledge.db.schema import drift_alert_events, drift_alerts
 
-STATUSES = ("new", "acknowledged", "dismissed", "retraining", "resolved")
-KINDS = ("data", "concept")
-DECISIONS = ("drift", "no_drift")
+STATUSES, KINDS, DECISIONS, ACTIONS = ALERT_STATUSES, ALERT_KINDS, ALERT_DECISIONS, ALERT_ACTIONS
+TRANSITIONS = ALERT_TRANSITIONS
 SYSTEM_USER = "system"
-# Which status may follow which. A dismissed alert can be reopened by acknowledging it; resolved is final.
-TRANSITIONS: dict[str, tuple[str, ...]] = {
-    "new": ("acknowledged", "dismissed", "retraining", "resolved"),
-    "acknowledged": ("dismissed", "retraining", "resolved"),
-    "retraining": ("resolved",),
-    "dismissed": ("acknowledged",),
-    "resolved": (),
-}
-# What a reviewer does -> the status it leads to (the CLI's and the review page's verbs).
-ACTIONS = {"acknowledge": "acknowledged", "dismiss": "dismissed", "approve": "retraining", "resolve": "resolved"}
-
-metadata = sa.MetaData()
-
-drift_alerts = sa.Table(
-    "drift_alerts",
-    metadata,
-    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
-    sa.Column("site", sa.String(255), nullable=False, index=True),
-    sa.Column("batch", sa.String(255), nullable=False),
-    sa.Column("kind", sa.String(16), nullable=False),
-    sa.Column("statistic", sa.Float, nullable=True),
-    sa.Column("p_value", sa.Float, nullable=True),
-    sa.Column("decision", sa.String(16), nullable=False),
-    sa.Column("report_uri", sa.Text, nullable=True),
-    sa.Column("status", sa.String(16), nullable=False, index=True),
-    sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
-    sa.Column("updated_at", sa.DateTime(timezone=True), nullable=False),
-    sa.Column("updated_by", sa.String(255), nullable=False),
-    sa.Column("note", sa.Text, nullable=False),
-    sa.Column("details", sa.JSON, nullable=True),
-    sa.CheckConstraint(f"status IN ({', '.join(repr(s) for s in STATUSES)})", name="drift_alerts_status"),
-    sa.CheckConstraint(f"kind IN ({', '.join(repr(k) for k in KINDS)})", name="drift_alerts_kind"),
-    sa.CheckConstraint(f"decision IN ({', '.join(repr(d) for d in DECISIONS)})", name="drift_alerts_decision"),
-)
-
-drift_alert_events = sa.Table(
-    "drift_alert_events",
-    metadata,
-    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
-    sa.Column("alert_id", sa.Integer, sa.ForeignKey("drift_alerts.id"), nullable=False, index=True),
-    sa.Column("from_status", sa.String(16), nullable=True),
-    sa.Column("to_status", sa.String(16), nullable=False),
-    sa.Column("user", sa.String(255), nullable=False),
-    sa.Column("note", sa.Text, nullable=False),
-    sa.Column("at", sa.DateTime(timezone=True), nullable=False),
-)
 
 
 class AlertError(ValueError):
@@ -115,17 +69,7 @@ class AlertStore:
 
     def __init__(self, url: str) -> None:
         self.url = url
-        self.engine: Engine = make_engine(url)
-
-    def create_table(self) -> None:
-        """Create the alert tables when missing (safe to call any number of times)."""
-        metadata.create_all(self.engine, checkfirst=True)
-
-    def _require_table(self) -> None:
-        if not sa.inspect(self.engine).has_table(drift_alerts.name):
-            raise AlertError(
-                f"no {drift_alerts.name} table in {safe_url(self.url)}: run `mledge drift create-table` first"
-            )
+        self.engine: Engine = connect(url)
 
     def add(
         self,
@@ -187,11 +131,9 @@ class AlertStore:
         return self.get(alert_id)
 
     def list(self, site: str | None = None, status: str | None = None) -> builtins.list[dict]:
-        """Alerts, newest first; filtered by site and/or status. Empty when the table does not exist yet."""
+        """Alerts, newest first; filtered by site and/or status."""
         if status is not None and status not in STATUSES:
             raise AlertError(f"status must be one of {STATUSES}, got {status!r}")
-        if not sa.inspect(self.engine).has_table(drift_alerts.name):
-            return []
         query = sa.select(drift_alerts).order_by(drift_alerts.c.id.desc())
         if site is not None:
             query = query.where(drift_alerts.c.site == site)
@@ -201,7 +143,6 @@ class AlertStore:
             return [self._as_dict(r._mapping) for r in conn.execute(query)]
 
     def get(self, alert_id: int) -> dict:
-        self._require_table()
         with self.engine.connect() as conn:
             row = conn.execute(sa.select(drift_alerts).where(drift_alerts.c.id == int(alert_id))).first()
         if row is None:

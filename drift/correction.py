@@ -20,7 +20,9 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping
 
-DEFAULT_ALPHA = 0.05
+from mledge.contracts import DRIFT_ALPHA
+
+DEFAULT_ALPHA = DRIFT_ALPHA
 METHOD = "holm"
 
 

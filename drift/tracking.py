@@ -13,17 +13,9 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
 
-from drift.alerts import json_clean, metadata
-from drift.db import make_engine
-
-drift_processed_batches = sa.Table(
-    "drift_processed_batches",
-    metadata,  # the alerts' metadata: one create_all makes every drift table
-    sa.Column("site", sa.String(255), primary_key=True),
-    sa.Column("batch", sa.String(255), primary_key=True),
-    sa.Column("processed_at", sa.DateTime(timezone=True), nullable=False),
-    sa.Column("evaluation", sa.JSON, nullable=True),
-)
+from drift.alerts import json_clean
+from mledge.db import connect
+from mledge.db.schema import drift_processed_batches
 
 
 class ProcessedBatches:
@@ -31,15 +23,10 @@ class ProcessedBatches:
 
     def __init__(self, url: str) -> None:
         self.url = url
-        self.engine: Engine = make_engine(url)
-
-    def create_table(self) -> None:
-        metadata.create_all(self.engine, checkfirst=True)
+        self.engine: Engine = connect(url)
 
     def processed(self, site: str) -> set[str]:
-        """Names of the site's evaluated batches (``batch-000004``); empty before the table exists."""
-        if not sa.inspect(self.engine).has_table(drift_processed_batches.name):
-            return set()
+        """Names of the site's evaluated batches (``batch-000004``)."""
         query = sa.select(drift_processed_batches.c.batch).where(drift_processed_batches.c.site == site)
         with self.engine.connect() as conn:
             return set(conn.execute(query).scalars())

@@ -1,13 +1,16 @@
 """The ServerApp: federated rounds over the connected sites, logged to MLflow.
 
-Each round sends the global model to every site, which first scores it on its held-out rows and then trains it
-(one message, and so one ClientApp process, per site and round); the configured strategy (``strategy`` in the run
-config: FedAvg, Flower's robust rules, FedQV, ReputationResidual; fl/strategies/) validates and aggregates the
-weights, with per-site state kept in the platform database; the summed
-confusion counts give exact federated metrics. Finally every site scores the final model and the registry's
-current champion side by side (the promotion evidence, computed where the data live) and fine-tunes the final
-model on its recent batches: its personalised model, scored against the site's own champion. The model and all metrics
-go to MLflow; registration and promotion are the DAG's job (fl/registry.py).
+Three steps, each a function of its own:
+
+1. ``train_rounds``: each round sends the global model to every site, which first scores it on its held-out rows
+   and then trains it (one message, and so one ClientApp process, per site and round); the configured strategy
+   (``strategy`` in the run config; fl/strategies/) validates and aggregates the weights, with per-site state
+   kept in the platform database; the summed confusion counts give exact federated metrics.
+2. ``finalise``: every site scores the final model and the registry's current champion side by side (the
+   promotion evidence, computed where the data live) and fine-tunes the final model on its recent batches: its
+   personalised model, scored against the site's own champion.
+3. ``publish``: the models, the evidence and the metrics go to MLflow; registration and promotion are the DAG's
+   job (mledge/registry/).
 
 Run config keys are those of fl/flower_app/pyproject.toml.
 """
@@ -15,29 +18,43 @@ Run config keys are those of fl/flower_app/pyproject.toml.
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
 
 import mlflow
 import numpy as np
 from flwr.app import ArrayRecord, ConfigRecord, Context, Message, RecordDict
 from flwr.serverapp import Grid, ServerApp
 
-from fl.clientapp import CHAMPION_KEY, COMPUTE_KEY, SITE_CHAMPION_KEY, SITE_KEY, WINDOW_KEY
-from fl.model import N_FEATURES, Counts, build_model, metrics_from_counts
-from fl.platform_db import platform_db_url
-from fl.registry import (
+from fl.model import build_model
+from fl.protocol import ZERO, PromotionEvidence, SiteEvidence, counts_from, metrics_from_counts
+from fl.strategies import AggregationStrategy, SiteStateStore, build_strategy
+from mledge.contracts import (
+    ARRAYS_KEY,
+    CHAMPION_KEY,
+    COMPUTE_KEY,
+    CONFIG_KEY,
+    DEFAULT_STRATEGY,
     EVIDENCE_PATH,
     EXPERIMENT,
+    MSG_FINALISE,
+    MSG_QUERY,
+    NUM_EXAMPLES_KEY,
+    PERSONAL_EPOCHS,
+    RECENT_BATCHES,
+    SITE_CHAMPION_KEY,
+    SITE_KEY,
     TAG_DAG_RUN,
     TAG_FAILED_SITES,
     TAG_FLOWER_RUN,
     TAG_MODEL_URI,
     TAG_STRATEGY,
-    load_champion_state,
+    WINDOW_KEY,
+    platform_db_url,
     site_model_name,
     site_model_tag,
 )
-from fl.strategies import SiteStateStore, build_strategy
+from mledge.onsite.schema import N_FEATURES
 
 # Child of Flower's logger, so these lines show in `flwr log` with the rest of the run.
 log = logging.getLogger("flwr").getChild("mledge")
@@ -46,21 +63,22 @@ app = ServerApp()
 _INPUT_EXAMPLE = np.zeros((2, N_FEATURES), dtype=np.float32)
 _PIP = ["torch==2.13.0"]
 
+MetricSink = Callable[..., None]  # mlflow.log_metrics(metrics, step=...)
+ChampionLoader = Callable[[str], tuple[str | None, dict | None]]  # registered model -> (version, state dict)
+
 
 class NotEnoughSitesError(RuntimeError):
     """Too few sites answered a round for its result to mean anything."""
 
 
-def counts_from(metrics: Mapping[str, float], prefix: str = "") -> Counts | None:
-    if f"{prefix}tp" not in metrics:
-        return None
-    return Counts(
-        tp=int(metrics[f"{prefix}tp"]),
-        fp=int(metrics[f"{prefix}fp"]),
-        fn=int(metrics[f"{prefix}fn"]),
-        tn=int(metrics[f"{prefix}tn"]),
-        loss_sum=float(metrics[f"{prefix}loss-sum"]),
-    )
+@dataclass
+class TrainResult:
+    """What the rounds leave: the final global weights, which node is which site, failures and compute time."""
+
+    arrays: ArrayRecord
+    sites: dict[int, str] = field(default_factory=dict)
+    failures: dict[str, list[str]] = field(default_factory=dict)
+    compute: dict[str, float] = field(default_factory=dict)
 
 
 def reply_metrics(reply: Message) -> dict[str, float]:
@@ -99,7 +117,8 @@ def name_unknown_nodes(grid: Grid, replies: list[Message], sites: dict[int, str]
     if not unknown:
         return
     messages = [
-        Message(RecordDict({"config": ConfigRecord({})}), message_type="query", dst_node_id=node) for node in unknown
+        Message(RecordDict({CONFIG_KEY: ConfigRecord({})}), message_type=MSG_QUERY, dst_node_id=node)
+        for node in unknown
     ]
     for reply in grid.send_and_receive(messages, timeout=timeout):
         if not reply.has_error() and SITE_KEY in reply.content:
@@ -115,105 +134,13 @@ def _require(ok: Mapping[str, Message], failed: Mapping[str, str], minimum: int,
         )
 
 
-def log_evaluation(ok: Mapping[str, Message], step: int, prefix: str = "") -> None:
+def log_evaluation(ok: Mapping[str, Message], step: int, sink: MetricSink, prefix: str = "") -> None:
     """Federated and per-site held-out metrics of one global model, at ``step`` (its round)."""
     per_site = {site: counts_from(reply_metrics(reply), prefix) for site, reply in ok.items()}
-    total = sum(per_site.values(), Counts(0, 0, 0, 0, 0.0))
-    mlflow.log_metrics({f"eval_{k}": v for k, v in metrics_from_counts(total).items()}, step=step)
+    total = sum(per_site.values(), ZERO)
+    sink({f"eval_{k}": v for k, v in metrics_from_counts(total).items()}, step=step)
     for site, counts in per_site.items():
-        mlflow.log_metrics({f"{site}/eval_{k}": v for k, v in metrics_from_counts(counts).items()}, step=step)
-
-
-@app.main()
-def main(grid: Grid, context: Context) -> None:
-    cfg = context.run_config
-    rounds = int(cfg["num-server-rounds"])
-    min_nodes = int(cfg["min-nodes"])
-    min_replies = int(cfg["min-replies"])
-    timeout = float(cfg["reply-timeout-s"])
-    strategy_name = str(cfg.get("strategy", "fedavg"))
-    strategy = build_strategy(strategy_name, min_nodes=min_nodes, state=SiteStateStore(platform_db_url()))
-    train_config = ConfigRecord(
-        {"local-epochs": int(cfg["local-epochs"]), "learning-rate": float(cfg["learning-rate"])}
-    )
-
-    mlflow.set_experiment(str(cfg.get("experiment", EXPERIMENT)))
-    tags = {
-        TAG_FLOWER_RUN: str(context.run_id),
-        TAG_DAG_RUN: str(cfg.get("dag-run-id", "")),
-        TAG_STRATEGY: strategy_name,
-    }
-    with mlflow.start_run(run_name=f"flower-run-{context.run_id}", tags=tags):
-        mlflow.log_params({k: v for k, v in cfg.items() if k != "dag-run-id"})
-        sites: dict[int, str] = {}
-        failures: dict[str, list[str]] = {}
-        compute: dict[str, float] = {}
-
-        model = build_model(seed=int(cfg.get("seed", 0)))
-        arrays = ArrayRecord(model.state_dict())
-        for rnd in range(1, rounds + 1):
-            messages = strategy.configure_train(rnd, arrays, train_config, grid)
-            replies = list(grid.send_and_receive(messages, timeout=timeout))
-            name_unknown_nodes(grid, replies, sites, timeout)
-            ok, failed = split_replies(replies, sites)
-            _record_failures(failures, rnd, "train", failed)
-            _require(ok, failed, min_replies, f"round {rnd}")
-            log_evaluation(ok, step=rnd - 1)  # the sites scored the model they received
-            _add_compute(compute, ok)
-            aggregated, train_metrics = strategy.aggregate_train(rnd, list(ok.values()))
-            rejected = dict(strategy.last_rejected)
-            _record_failures(failures, rnd, "rejected update", rejected)
-            if aggregated is None or len(ok) - len(rejected) < min_replies:
-                raise NotEnoughSitesError(
-                    f"round {rnd}: {len(ok) - len(rejected)} usable update(s), {min_replies} needed; "
-                    f"rejected: {rejected}"
-                )
-            arrays = aggregated
-            weights = {f"{site}/aggregation_weight": float(w) for site, w in strategy.last_weights.items()}
-            mlflow.log_metrics(weights, step=rnd)
-            if train_metrics and "train-loss" in train_metrics:
-                mlflow.log_metric("train_loss", float(train_metrics["train-loss"]), step=rnd)
-            log.info("round %d: trained at %s", rnd, ", ".join(sorted(ok)))
-
-        finalise_config = ConfigRecord(
-            {
-                "learning-rate": float(cfg["learning-rate"]),
-                "personal-epochs": int(cfg.get("personal-epochs", 2)),
-                "recent-batches": int(cfg.get("recent-batches", 3)),
-            }
-        )
-        evidence, ok = _finalise(grid, arrays, sites, timeout, str(cfg["registered-model"]), finalise_config)
-        _record_failures(failures, rounds + 1, "final evaluation", evidence.pop("failed"))
-        if ok:
-            log_evaluation(ok, step=rounds)
-            _add_compute(compute, ok)
-        evidence["failures"] = failures
-        evidence["compute_seconds"] = compute
-        for site, entry in evidence["sites"].items():
-            mlflow.log_metrics({f"holdout/{site}/candidate_{k}": v for k, v in entry["candidate"].items()})
-            if entry["champion"]:
-                mlflow.log_metrics({f"holdout/{site}/champion_{k}": v for k, v in entry["champion"].items()})
-            mlflow.log_metrics({f"recent/{site}/personal_{k}": v for k, v in entry["personal"].items()})
-            personal = build_model()
-            personal.load_state_dict(ok[site].content["arrays"].to_torch_state_dict())
-            info = mlflow.pytorch.log_model(
-                personal, name=f"site-{site}", input_example=_INPUT_EXAMPLE, pip_requirements=_PIP
-            )
-            mlflow.set_tag(site_model_tag(site), info.model_uri)
-        mlflow.log_dict(evidence, EVIDENCE_PATH)
-        mlflow.log_dict(sites, "sites.json")
-        if failures:
-            mlflow.set_tag(TAG_FAILED_SITES, ",".join(sorted(failures)))
-
-        model.load_state_dict(arrays.to_torch_state_dict())
-        info = mlflow.pytorch.log_model(
-            model,
-            name="model",
-            input_example=_INPUT_EXAMPLE,
-            pip_requirements=_PIP,
-        )
-        mlflow.set_tag(TAG_MODEL_URI, info.model_uri)
-        log.info("Logged global model %s", info.model_uri)
+        sink({f"{site}/eval_{k}": v for k, v in metrics_from_counts(counts).items()}, step=step)
 
 
 def _add_compute(compute: dict[str, float], ok: Mapping[str, Message]) -> None:
@@ -227,49 +154,166 @@ def _record_failures(failures: dict[str, list[str]], rnd: int, phase: str, faile
         failures.setdefault(site, []).append(f"round {rnd} {phase}: {reason}")
 
 
-def _finalise(
+def train_rounds(
     grid: Grid,
+    strategy: AggregationStrategy,
     arrays: ArrayRecord,
-    sites: dict[int, str],
+    *,
+    rounds: int,
+    train_config: ConfigRecord,
+    min_replies: int,
+    timeout: float,
+    sink: MetricSink,
+) -> TrainResult:
+    """Step 1: ``rounds`` federated rounds from ``arrays``; fails when fewer than ``min_replies`` sites count."""
+    result = TrainResult(arrays=arrays)
+    for rnd in range(1, rounds + 1):
+        messages = strategy.configure_train(rnd, result.arrays, train_config, grid)
+        replies = list(grid.send_and_receive(messages, timeout=timeout))
+        name_unknown_nodes(grid, replies, result.sites, timeout)
+        ok, failed = split_replies(replies, result.sites)
+        _record_failures(result.failures, rnd, "train", failed)
+        _require(ok, failed, min_replies, f"round {rnd}")
+        log_evaluation(ok, step=rnd - 1, sink=sink)  # the sites scored the model they received
+        _add_compute(result.compute, ok)
+        aggregated, train_metrics = strategy.aggregate_train(rnd, list(ok.values()))
+        rejected = dict(strategy.last_rejected)
+        _record_failures(result.failures, rnd, "rejected update", rejected)
+        if aggregated is None or len(ok) - len(rejected) < min_replies:
+            raise NotEnoughSitesError(
+                f"round {rnd}: {len(ok) - len(rejected)} usable update(s), {min_replies} needed; rejected: {rejected}"
+            )
+        result.arrays = aggregated
+        sink({f"{site}/aggregation_weight": float(w) for site, w in strategy.last_weights.items()}, step=rnd)
+        if train_metrics and "train-loss" in train_metrics:
+            sink({"train_loss": float(train_metrics["train-loss"])}, step=rnd)
+        log.info("round %d: trained at %s", rnd, ", ".join(sorted(ok)))
+    return result
+
+
+def finalise(
+    grid: Grid,
+    result: TrainResult,
+    *,
     timeout: float,
     registered_model: str,
     config: ConfigRecord,
-) -> tuple[dict, dict[str, Message]]:
-    """Each site scores the new model and the champions on its own held-out rows and personalises the model.
+    load_champion: ChampionLoader,
+    final_round: int,
+) -> tuple[PromotionEvidence, dict[str, Message]]:
+    """Step 2: each site scores the new model and the champions on its own held-out rows and personalises it.
 
     A site is sent the global champion and its own site model's champion, never another site's model.
     """
-    champion_version, champion_state = load_champion_state(registered_model)
-    site_champions = {site: load_champion_state(site_model_name(site)) for site in set(sites.values())}
+    champion_version, champion_state = load_champion(registered_model)
+    site_champions = {site: load_champion(site_model_name(site)) for site in set(result.sites.values())}
     messages = []
     for node in grid.get_node_ids():
-        content = {"arrays": arrays, "config": config}
+        content = {ARRAYS_KEY: result.arrays, CONFIG_KEY: config}
         if champion_state is not None:
             content[CHAMPION_KEY] = ArrayRecord(champion_state)
-        site_state = site_champions.get(sites.get(node, ""), (None, None))[1]
+        site_state = site_champions.get(result.sites.get(node, ""), (None, None))[1]
         if site_state is not None:
             content[SITE_CHAMPION_KEY] = ArrayRecord(site_state)
-        messages.append(Message(RecordDict(content), message_type="train.finalise", dst_node_id=node))
+        messages.append(Message(RecordDict(content), message_type=MSG_FINALISE, dst_node_id=node))
     replies = list(grid.send_and_receive(messages, timeout=timeout))
-    name_unknown_nodes(grid, replies, sites, timeout)
-    ok, failed = split_replies(replies, sites)
-    result: dict = {"champion_version": champion_version, "sites": {}, "failed": failed}
+    name_unknown_nodes(grid, replies, result.sites, timeout)
+    ok, failed = split_replies(replies, result.sites)
+    _record_failures(result.failures, final_round, "final evaluation", failed)
+    _add_compute(result.compute, ok)
+    evidence = PromotionEvidence(champion_version, failures=result.failures, compute_seconds=result.compute)
     for site, reply in ok.items():
         metrics = reply_metrics(reply)
         champion = counts_from(metrics, "champion-")
         site_champion = counts_from(metrics, "site-champion-")
         window = reply.content[WINDOW_KEY]
-        result["sites"][site] = {
-            "candidate": metrics_from_counts(counts_from(metrics)),
-            "champion": metrics_from_counts(champion) if champion else None,
-            "num_examples": int(metrics["num-examples"]),
-            "data_window": str(window["data"]),
-            # The personalised model against the site's champion, on the site's recent held-out rows.
-            "recent_window": str(window["recent"]),
-            "recent_examples": int(metrics["recent-examples"]),
-            "personal": metrics_from_counts(counts_from(metrics, "personal-")),
-            "recent_global": metrics_from_counts(counts_from(metrics, "recent-global-")),
-            "site_champion": metrics_from_counts(site_champion) if site_champion else None,
-            "site_champion_version": site_champions.get(site, (None, None))[0],
-        }
-    return result, ok
+        evidence.sites[site] = SiteEvidence(
+            candidate=metrics_from_counts(counts_from(metrics)),
+            champion=metrics_from_counts(champion) if champion else None,
+            num_examples=int(metrics[NUM_EXAMPLES_KEY]),
+            data_window=str(window["data"]),
+            recent_window=str(window["recent"]),
+            recent_examples=int(metrics["recent-examples"]),
+            personal=metrics_from_counts(counts_from(metrics, "personal-")),
+            recent_global=metrics_from_counts(counts_from(metrics, "recent-global-")),
+            site_champion=metrics_from_counts(site_champion) if site_champion else None,
+            site_champion_version=site_champions.get(site, (None, None))[0],
+        )
+    return evidence, ok
+
+
+def publish(result: TrainResult, evidence: PromotionEvidence, ok: Mapping[str, Message], *, step: int) -> str:
+    """Step 3: the final evaluation, each site's personalised model, the evidence and the global model to the
+    active MLflow run; returns the global model's URI."""
+    if ok:
+        log_evaluation(ok, step=step, sink=mlflow.log_metrics)
+    for site, entry in evidence.sites.items():
+        mlflow.log_metrics({f"holdout/{site}/candidate_{k}": v for k, v in entry.candidate.items()})
+        if entry.champion:
+            mlflow.log_metrics({f"holdout/{site}/champion_{k}": v for k, v in entry.champion.items()})
+        mlflow.log_metrics({f"recent/{site}/personal_{k}": v for k, v in entry.personal.items()})
+        personal = build_model()
+        personal.load_state_dict(ok[site].content[ARRAYS_KEY].to_torch_state_dict())
+        info = mlflow.pytorch.log_model(
+            personal, name=f"site-{site}", input_example=_INPUT_EXAMPLE, pip_requirements=_PIP
+        )
+        mlflow.set_tag(site_model_tag(site), info.model_uri)
+    mlflow.log_dict(evidence.to_dict(), EVIDENCE_PATH)
+    mlflow.log_dict(result.sites, "sites.json")
+    if evidence.failures:
+        mlflow.set_tag(TAG_FAILED_SITES, ",".join(sorted(evidence.failures)))
+    model = build_model()
+    model.load_state_dict(result.arrays.to_torch_state_dict())
+    info = mlflow.pytorch.log_model(model, name="model", input_example=_INPUT_EXAMPLE, pip_requirements=_PIP)
+    mlflow.set_tag(TAG_MODEL_URI, info.model_uri)
+    log.info("Logged global model %s", info.model_uri)
+    return info.model_uri
+
+
+@app.main()
+def main(grid: Grid, context: Context) -> None:
+    from mledge.registry.promotion import load_champion_state
+
+    cfg = context.run_config
+    rounds = int(cfg["num-server-rounds"])
+    timeout = float(cfg["reply-timeout-s"])
+    strategy_name = str(cfg.get("strategy", DEFAULT_STRATEGY))
+    strategy = build_strategy(
+        strategy_name, min_nodes=int(cfg["min-nodes"]), state=SiteStateStore(platform_db_url())
+    )
+    mlflow.set_experiment(str(cfg.get("experiment", EXPERIMENT)))
+    tags = {
+        TAG_FLOWER_RUN: str(context.run_id),
+        TAG_DAG_RUN: str(cfg.get("dag-run-id", "")),
+        TAG_STRATEGY: strategy_name,
+    }
+    with mlflow.start_run(run_name=f"flower-run-{context.run_id}", tags=tags):
+        mlflow.log_params({k: v for k, v in cfg.items() if k != "dag-run-id"})
+        result = train_rounds(
+            grid,
+            strategy,
+            ArrayRecord(build_model(seed=int(cfg.get("seed", 0))).state_dict()),
+            rounds=rounds,
+            train_config=ConfigRecord(
+                {"local-epochs": int(cfg["local-epochs"]), "learning-rate": float(cfg["learning-rate"])}
+            ),
+            min_replies=int(cfg["min-replies"]),
+            timeout=timeout,
+            sink=mlflow.log_metrics,
+        )
+        evidence, ok = finalise(
+            grid,
+            result,
+            timeout=timeout,
+            registered_model=str(cfg["registered-model"]),
+            config=ConfigRecord(
+                {
+                    "learning-rate": float(cfg["learning-rate"]),
+                    "personal-epochs": int(cfg.get("personal-epochs", PERSONAL_EPOCHS)),
+                    "recent-batches": int(cfg.get("recent-batches", RECENT_BATCHES)),
+                }
+            ),
+            load_champion=load_champion_state,
+            final_round=rounds + 1,
+        )
+        publish(result, evidence, ok, step=rounds)

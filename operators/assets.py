@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from airflow.sdk import Asset
 
-# Confirmed (or approved) drift at any site of the axis_failures federation: federated_training is scheduled on it.
-DRIFT_URI = "mledge://axis_failures/drift"
-DRIFT = Asset(uri=DRIFT_URI, name="axis_failures_drift", group="mledge")
+from mledge.contracts import DRIFT_ASSET_GROUP, DRIFT_ASSET_NAME, DRIFT_ASSET_URI
+
+# Confirmed (or approved) drift at any site of the federation: federated_training is scheduled on it.
+DRIFT = Asset(uri=DRIFT_ASSET_URI, name=DRIFT_ASSET_NAME, group=DRIFT_ASSET_GROUP)

@@ -12,8 +12,10 @@ from typing import Any
 from airflow.providers.standard.operators.branch import BaseBranchOperator
 from airflow.sdk.exceptions import AirflowSkipException
 
+from mledge.contracts import EVENT_ALERT_IDS, EVENT_REQUESTED_BY, EVENT_SITE
 from operators.assets import DRIFT
-from operators.mledge import MledgeHook, MledgeOperator
+from operators.hooks.mledge import MledgeHook
+from operators.mledge import MledgeOperator
 
 RESULT_KEY = "result"
 
@@ -82,6 +84,6 @@ class RequestRetrainingOperator(MledgeOperator):
         for alert_id in ids:
             hook.run(["drift", "review", "--alert-id", alert_id, "--action", "approve", "--user", self.user])
         site = decision.get("site", "")
-        context["outlet_events"][DRIFT].extra = {"site": site, "alert_ids": ids, "requested_by": self.user}
+        context["outlet_events"][DRIFT].extra = {EVENT_SITE: site, EVENT_ALERT_IDS: ids, EVENT_REQUESTED_BY: self.user}
         self.log.info("Drift at %s (alerts %s): retraining requested", site, ids)
-        return {"site": site, "alert_ids": ids}
+        return {EVENT_SITE: site, EVENT_ALERT_IDS: ids}

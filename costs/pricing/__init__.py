@@ -7,9 +7,11 @@ the price API does not state them) and returns dated offers plus what it could n
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from datetime import date
 from typing import Any
 
-from costs.catalog import Offer
+from costs.catalog import PROVIDERS, Offer, load_offers, upsert_offers
+from costs.store import CostStore
 
 
 @dataclass
@@ -33,3 +35,19 @@ def connector(provider: str, **options: Any):
 
         return GcpCatalog(**options)
     raise ValueError(f"no price connector for {provider!r}")
+
+
+def refresh(store: CostStore, provider: str, *, today: date | None = None, **connector_options) -> dict:
+    """Replace one provider's catalogued prices from its price API; returns what changed or why it skipped."""
+    provider = provider.lower()
+    if provider not in PROVIDERS:
+        raise ValueError(f"unknown provider {provider!r}; valid: {', '.join(PROVIDERS)}")
+    known = load_offers(store, provider)
+    source = connector(provider, **connector_options)
+    reason = source.unavailable()
+    if reason:
+        return {"provider": provider, "skipped": reason}
+    result = source.fetch(known, today=today or date.today())
+    upsert_offers(store, result.offers)
+    return {"provider": provider, "updated": len(result.offers), "not_found": result.not_found,
+            "as_of": (today or date.today()).isoformat(), "source": source.source_name}

@@ -1,7 +1,8 @@
 """Aggregation strategies for the ServerApp, by name: Flower's own rules and the two IMDEA robust methods.
 
 Every strategy here validates each update first (fl/strategies/validation.py) and exposes ``last_rejected`` and
-``last_weights`` after each round. ``build_strategy(name, ...)`` is the one entry point a ServerApp needs.
+``last_weights`` after each round (declared in fl/strategies/base.py). ``build_strategy(name, ...)`` is the one
+entry point a ServerApp needs.
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ from collections.abc import Callable
 
 from flwr.serverapp.strategy import Strategy
 
+from fl.strategies.base import AggregationStrategy
 from fl.strategies.fedqv import FedQV
 from fl.strategies.flower import (
     ValidatedBulyan,
@@ -22,9 +24,11 @@ from fl.strategies.flower import (
 from fl.strategies.reputation_residual import ReputationResidual
 from fl.strategies.state import MemoryStateStore, SiteStateStore, StateStore
 from fl.strategies.validation import ValidatingMixin, validate_replies
+from mledge.contracts import STRATEGIES as STRATEGY_TITLES
 
 __all__ = [
     "STRATEGIES",
+    "AggregationStrategy",
     "FedQV",
     "MemoryStateStore",
     "ReputationResidual",
@@ -52,7 +56,7 @@ def _stateful(cls: type, **fixed) -> Callable[..., Strategy]:
     return factory
 
 
-# name -> factory(state=None, **constructor parameters)
+# name -> factory(state=None, **constructor parameters); the names are mledge.contracts.STRATEGIES'.
 STRATEGIES: dict[str, Callable[..., Strategy]] = {
     "fedavg": _stateless(ValidatedFedAvg),
     "krum": _stateless(ValidatedKrum),
@@ -64,6 +68,10 @@ STRATEGIES: dict[str, Callable[..., Strategy]] = {
     "fedqv-reputation": _stateful(FedQV, reputation=True),
     "reputation-residual": _stateful(ReputationResidual),
 }
+
+
+if set(STRATEGIES) != set(STRATEGY_TITLES):  # one vocabulary: a name added here is added to the contracts too
+    raise ImportError(f"strategies {sorted(set(STRATEGIES) ^ set(STRATEGY_TITLES))} are not in mledge.contracts")
 
 
 def build_strategy(name: str, *, min_nodes: int = 2, state: StateStore | None = None, **params) -> Strategy:

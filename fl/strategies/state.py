@@ -15,18 +15,8 @@ from typing import Protocol
 import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql, sqlite
 
-from fl.platform_db import make_engine
-
-metadata = sa.MetaData()
-
-strategy_site_state = sa.Table(
-    "strategy_site_state",
-    metadata,
-    sa.Column("strategy", sa.String(64), primary_key=True),
-    sa.Column("site", sa.String(255), primary_key=True),
-    sa.Column("state", sa.JSON, nullable=False),
-    sa.Column("updated_at", sa.DateTime(timezone=True), nullable=False),
-)
+from mledge.db import connect
+from mledge.db.schema import strategy_site_state
 
 
 class StateStore(Protocol):
@@ -49,13 +39,12 @@ def _plain(state: dict) -> dict:
 class SiteStateStore:
     """Strategy state in a SQL database: SQLite file URLs, ``sqlite://`` (in memory) and PostgreSQL URLs.
 
-    Creates its table when missing. ``save`` and ``save_many`` upsert in one transaction each.
+    The table lives in the platform database (mledge/db/). ``save`` and ``save_many`` upsert in one transaction each.
     """
 
     def __init__(self, url: str) -> None:
         self.url = url
-        self.engine = make_engine(url)
-        metadata.create_all(self.engine, checkfirst=True)
+        self.engine = connect(url)
 
     def load(self, strategy: str, site: str) -> dict:
         query = sa.select(strategy_site_state.c.state).where(

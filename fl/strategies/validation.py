@@ -18,12 +18,10 @@ from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord
 from flwr.serverapp import Grid
 
 from fl.strategies.arrays import Layout, PayloadError, array_view, flatten
+from mledge.contracts import NUM_EXAMPLES_KEY, SITE_KEY
 
 log = logging.getLogger("flwr").getChild("mledge.strategies")
 
-# Where sites name themselves in a reply: content["site"]["site"] (fl/clientapp.py's SITE_KEY; not imported from
-# there, which would pull torch and pandas into every strategy import).
-SITE_KEY = "site"
 DEFAULT_MAX_EXAMPLES = 10_000_000
 # Rejection reasons start with one of these, so that a strategy can react to the kind (FedQV zeroes the budget of a
 # site that sent non-finite values, as the paper prescribes).
@@ -94,7 +92,7 @@ def validate_replies(
     max_examples: int = DEFAULT_MAX_EXAMPLES,
     *,
     arrayrecord_key: str = "arrays",
-    weighted_by_key: str = "num-examples",
+    weighted_by_key: str = NUM_EXAMPLES_KEY,
 ) -> tuple[list[Message], dict[str, str]]:
     """Split replies into those safe to aggregate (sorted by site) and site -> reason for the rest.
 

@@ -3,8 +3,9 @@
 The api-server mounts the FastAPI app under ``/mledge`` and the UI shows two nav entries that frame its pages.
 Registered through the ``airflow.plugins`` entry point ``mledge = "operators.ui:MledgePlugin"`` (pyproject.toml).
 
-Every figure on these pages comes from the workload's ``mledge`` command (``operators.mledge.MledgeHook``): this
-package runs in the orchestrator environment, which has neither ``drift`` nor ``costs`` nor their libraries.
+Every figure on these pages comes from the workload's ``mledge`` command (``operators.hooks.mledge.MledgeHook``):
+this package runs in the orchestrator environment, which has neither ``drift`` nor ``costs`` nor their libraries.
+An approval's Asset event goes through Airflow's public REST API, as the approving user (``asset_events``).
 """
 
 from __future__ import annotations

@@ -9,7 +9,12 @@ manager knows, so the standard roles work unchanged:
 | view drift alerts | read the drift evaluation DAG                             | Viewer and up                 |
 | view costs        | read the billing ingestion DAG                            | Viewer and up                 |
 | acknowledge/dismiss | edit the drift evaluation DAG                           | User, Op, Admin               |
-| approve retraining| create a run of the federated training DAG                | User, Op, Admin               |
+| approve retraining| create a run of the federated training DAG and create     | Op, Admin (FAB: a role that   |
+|                   | Asset events                                              | may also create Asset events) |
+
+Approving needs both because the page records the drift Asset event through Airflow's REST API with the user's
+own token (``request_token``): Airflow applies that user's permissions, so the page checks them first and refuses
+before anything is recorded.
 """
 
 from __future__ import annotations
@@ -20,14 +25,17 @@ from typing import Annotated
 from urllib.parse import urlsplit
 
 from airflow.api_fastapi.app import get_auth_manager
+from airflow.api_fastapi.auth.managers.base_auth_manager import COOKIE_NAME_JWT_TOKEN
 from airflow.api_fastapi.auth.managers.models.base_user import BaseUser
-from airflow.api_fastapi.auth.managers.models.resource_details import DagAccessEntity, DagDetails
+from airflow.api_fastapi.auth.managers.models.resource_details import AssetDetails, DagAccessEntity, DagDetails
 from airflow.api_fastapi.core_api.security import get_user
 from fastapi import Depends, HTTPException, Request, status
 
-DRIFT_DAG_ID = os.environ.get("MLEDGE_DRIFT_DAG_ID", "concept_drift_evaluation")
-TRAINING_DAG_ID = os.environ.get("MLEDGE_TRAINING_DAG_ID", "federated_training")
-BILLING_DAG_ID = os.environ.get("MLEDGE_BILLING_DAG_ID", "billing_ingestion")
+from mledge import contracts
+
+DRIFT_DAG_ID = os.environ.get("MLEDGE_DRIFT_DAG_ID", contracts.DRIFT_DAG_ID)
+TRAINING_DAG_ID = os.environ.get("MLEDGE_TRAINING_DAG_ID", contracts.TRAINING_DAG_ID)
+BILLING_DAG_ID = os.environ.get("MLEDGE_BILLING_DAG_ID", contracts.BILLING_DAG_ID)
 
 UserDep = Annotated[BaseUser, Depends(get_user)]
 
@@ -39,17 +47,28 @@ class Permission:
     dag_id: str
     method: str
     entity: DagAccessEntity | None = None
+    asset_method: str | None = None  # also needs this on Assets (an approval records an Asset event as the user)
 
     def allows(self, user: BaseUser) -> bool:
-        return get_auth_manager().is_authorized_dag(
+        manager = get_auth_manager()
+        if not manager.is_authorized_dag(
             method=self.method, access_entity=self.entity, details=DagDetails(id=self.dag_id), user=user
+        ):
+            return False
+        return self.asset_method is None or manager.is_authorized_asset(
+            method=self.asset_method, details=AssetDetails(), user=user
         )
+
+    @property
+    def needs(self) -> str:
+        needs = f"{self.method} on DAG {self.dag_id!r}"
+        return f"{needs} and {self.asset_method} on Assets" if self.asset_method else needs
 
 
 VIEW_DRIFT = Permission("view_drift", "see drift alerts", DRIFT_DAG_ID, "GET")
 VIEW_COSTS = Permission("view_costs", "see costs", BILLING_DAG_ID, "GET")
 REVIEW = Permission("review", "acknowledge or dismiss drift alerts", DRIFT_DAG_ID, "PUT")
-APPROVE = Permission("approve", "approve retraining", TRAINING_DAG_ID, "POST", DagAccessEntity.RUN)
+APPROVE = Permission("approve", "approve retraining", TRAINING_DAG_ID, "POST", DagAccessEntity.RUN, asset_method="POST")
 
 ACTION_PERMISSIONS = {"acknowledge": REVIEW, "dismiss": REVIEW, "approve": APPROVE}
 
@@ -63,9 +82,17 @@ def require(user: BaseUser, permission: Permission) -> None:
     if not permission.allows(user):
         raise HTTPException(
             status.HTTP_403_FORBIDDEN,
-            f"{user.get_name()} may not {permission.description} "
-            f"(needs {permission.method} on DAG {permission.dag_id!r})",
+            f"{user.get_name()} may not {permission.description} (needs {permission.needs})",
         )
+
+
+def request_token(request: Request) -> str:
+    """The JWT this request was authenticated with: an explicit ``Authorization: Bearer`` header wins over the
+    UI's ``_token`` cookie, as in Airflow's own ``get_user``. Forwarded to Airflow's REST API, never logged."""
+    scheme, _, credentials = request.headers.get("authorization", "").partition(" ")
+    if scheme.lower() == "bearer" and credentials.strip():
+        return credentials.strip()
+    return request.cookies.get(COOKIE_NAME_JWT_TOKEN, "")
 
 
 def _origin(url: str) -> str:

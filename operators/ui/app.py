@@ -33,20 +33,20 @@ from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse, Resp
 from fastapi.staticfiles import StaticFiles
 from fastapi.templating import Jinja2Templates
 from pydantic import BaseModel
-from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from mledge.contracts import ALERT_ACTIONS, ALERT_STATUSES, ALERT_TRANSITIONS, DRIFT_ASSET_URI, REVIEW_ACTIONS
 from operators.ui import access, asset_events, forms, links, workload
 from operators.ui.access import UserDep
-from operators.ui.workload import REVIEW_ACTIONS, WorkloadError
+from operators.ui.workload import WorkloadError
 
 HERE = Path(__file__).resolve().parent
-STATUSES = ("new", "acknowledged", "dismissed", "retraining", "resolved")
-# Which buttons an alert in a given status offers; the workload command has the last word on transitions.
+# Which buttons an alert in a given status offers (derived from the transitions; the workload command has the
+# last word). Acknowledging a dismissed alert reopens it.
 ACTIONS_BY_STATUS = {
-    "new": ("acknowledge", "dismiss", "approve"),
-    "acknowledged": ("dismiss", "approve"),
-    "dismissed": ("acknowledge",),  # reopens it
+    status: tuple(a for a in REVIEW_ACTIONS if ALERT_ACTIONS[a] in allowed)
+    for status, allowed in ALERT_TRANSITIONS.items()
+    if any(ALERT_ACTIONS[a] in allowed for a in REVIEW_ACTIONS)
 }
 ACTION_LABELS = {"acknowledge": "Acknowledge", "dismiss": "Dismiss", "approve": "Approve retraining"}
 DONE_WORDS = {"acknowledge": "acknowledged", "dismiss": "dismissed", "approve": "approved for retraining"}
@@ -158,7 +158,7 @@ def _done_notice(params: Mapping[str, str]) -> str | None:
         return None
     notice = f"Alert {alert} {DONE_WORDS[action]}."
     if action == "approve" and params.get("event", "").isdigit():
-        notice += f" Asset event {params['event']} emitted on {asset_events.DRIFT_ASSET_URI}."
+        notice += f" Asset event {params['event']} emitted on {DRIFT_ASSET_URI}."
         queued = [d for d in params.get("queued", "").split(",") if _DAG_ID.match(d)]
         paused = [d for d in params.get("paused", "").split(",") if _DAG_ID.match(d)]
         if queued:
@@ -181,32 +181,33 @@ async def _drift_page(
     except WorkloadError as exc:
         alerts = []
         context["errors"].append(_box("Could not load the drift alerts", exc))
-    counts = {s: sum(1 for a in alerts if a.get("status") == s) for s in STATUSES}
+    counts = {s: sum(1 for a in alerts if a.get("status") == s) for s in ALERT_STATUSES}
     context.update(
         alerts=[_row(a) for a in _filter(alerts, site, status_)],
         total=len(alerts),
         counts=counts,
         sites=sorted({str(a["site"]) for a in alerts if a.get("site")} | ({site} if site else set())),
-        statuses=STATUSES,
+        statuses=ALERT_STATUSES,
         site=site,
         status=status_,
         labels=ACTION_LABELS,
         notice=_done_notice(request.query_params),
-        asset_uri=asset_events.DRIFT_ASSET_URI,
+        asset_uri=DRIFT_ASSET_URI,
     )
     return templates.TemplateResponse(request, "drift.html", context, status_code=status_code)
 
 
-async def review(alert_id: int, action: str, user: Any) -> dict[str, Any]:
-    """Record the decision under the user's name; an approval also emits the drift Asset event."""
+async def review(request: Request, alert_id: int, action: str, user: Any) -> dict[str, Any]:
+    """Record the decision under the user's name; an approval also emits the drift Asset event, as that user."""
     name = user.get_name()
+    token = access.request_token(request)
     if action == "approve":  # refuse before anything is recorded if retraining could not follow
-        await run_in_threadpool(asset_events.check_drift_asset)
+        await asset_events.check_drift_asset(token)
     alert = await workload.review_alert(alert_id, action, name)
     event = None
     if action == "approve":
         try:
-            event = await run_in_threadpool(asset_events.emit_drift_approval, alert, name)
+            event = await asset_events.emit_drift_approval(alert, name, token)
         except Exception as exc:
             raise asset_events.AssetEventError(
                 f"alert {alert_id} is now {alert.get('status')!r}, but its Asset event failed: {exc}"
@@ -234,7 +235,7 @@ async def drift_action(request: Request, alert_id: int, action: str, user: UserD
     try:
         access.check_same_origin(request)
         access.require(user, access.ACTION_PERMISSIONS[action])
-        outcome = await review(alert_id, action, user)
+        outcome = await review(request, alert_id, action, user)
     except HTTPException as exc:
         return await _drift_page(request, user, site, status_, errors=[_box("Refused", exc.detail)],
                                  status_code=exc.status_code)
@@ -358,7 +359,7 @@ async def api_review(request: Request, alert_id: int, body: ReviewBody, user: Us
     access.check_same_origin(request)
     access.require(user, access.ACTION_PERMISSIONS[body.action])
     try:
-        return await review(alert_id, body.action, user)
+        return await review(request, alert_id, body.action, user)
     except WorkloadError as exc:
         return _workload_failure(exc)
     except asset_events.AssetEventError as exc:

@@ -9,7 +9,9 @@ from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
 from typing import Any
 
-DEFAULT_PROJECT = os.environ.get("MLEDGE_COSTS_PROJECT", "axis_failures")
+from mledge.contracts import USE_CASE
+
+DEFAULT_PROJECT = os.environ.get("MLEDGE_COSTS_PROJECT", USE_CASE)
 DEFAULT_DAYS = 30
 MAX_DAYS = 366
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:/-]{0,127}$")

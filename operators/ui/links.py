@@ -10,7 +10,8 @@ import os
 import re
 from urllib.parse import quote
 
-USE_CASE = "axis_failures"
+from mledge.contracts import registered_models
+
 DEFAULT_MLFLOW_UI_URL = "http://127.0.0.1:5000"
 
 # mlflow-artifacts:/<experiment>/<run>/artifacts/<path>, with or without a host (the proxied artifact store).
@@ -64,8 +65,7 @@ def report_link(report_uri: str | None, details: dict | None = None) -> str | No
 
 def model_names(site: str | None) -> list[str]:
     """The registered models a drift at ``site`` concerns: that site's model, then the global one."""
-    names = [f"{site}-{USE_CASE}-federated"] if site else []
-    return [*names, f"global-{USE_CASE}-federated"]
+    return registered_models((site,) if site else ())
 
 
 def model_link(name: str) -> str:

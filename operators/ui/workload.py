@@ -13,9 +13,8 @@ from typing import Any
 
 from starlette.concurrency import run_in_threadpool
 
-from operators.mledge import MledgeCommandError, MledgeHook
-
-REVIEW_ACTIONS = ("acknowledge", "dismiss", "approve")
+from mledge.contracts import REVIEW_ACTIONS
+from operators.hooks.mledge import MledgeCommandError, MledgeHook
 
 
 class WorkloadError(RuntimeError):

@@ -15,24 +15,19 @@ import sys
 import uuid
 from pathlib import Path
 
-import e2e_ports
 import pandas as pd
 import pytest
 import requests
 
-from fl.registry import GLOBAL_MODEL
-from mledge.airflow_api import AirflowApiError, AirflowClient, password_for
-from mledge.stack import group_alive
+from mledge.contracts import GLOBAL_MODEL
+from mledge.ops.airflow_api import AirflowApiError, AirflowClient, password_for
+from mledge.ops.stack import group_alive
 
 pytestmark = pytest.mark.e2e
 
 BIN = Path(sys.executable).parent
 DAG_ID = "federated_training"
 SITES = ("plant_a", "plant_b", "plant_c")
-
-
-def free_ports(count: int) -> list[int]:
-    return e2e_ports.free_ports(count, start=21000)
 
 
 @pytest.fixture(scope="module")
@@ -94,9 +89,9 @@ class Platform:
 
 
 @pytest.fixture(scope="module")
-def platform(tmp_path_factory, airflow_db_url):
+def platform(tmp_path_factory, airflow_db_url, free_ports):
     home = tmp_path_factory.mktemp("mledge-home")
-    airflow_port, mlflow_port, superlink_port, *supernode_ports = free_ports(3 + len(SITES))
+    airflow_port, mlflow_port, superlink_port, *supernode_ports = free_ports(3 + len(SITES), start=21000)
     env = {k: v for k, v in os.environ.items() if k not in ("MLFLOW_TRACKING_URI", "FLWR_HOME", "PYTHONPATH")}
     schedule = home / "drift-schedule.json"  # plant_b's sensor reads 1.5 K high from its 3rd batch
     schedule.write_text(json.dumps([{"site": "plant_b", "onset_batch": 3, "kind": "sensor_offset", "offset_k": 1.5}]))

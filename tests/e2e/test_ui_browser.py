@@ -21,11 +21,10 @@ from datetime import date, timedelta
 from pathlib import Path
 from urllib.parse import quote
 
-import e2e_ports
 import pytest
 
-from mledge.airflow_api import AirflowClient, password_for
-from mledge.stack import group_alive
+from mledge.ops.airflow_api import AirflowClient, password_for
+from mledge.ops.stack import group_alive
 
 pytestmark = pytest.mark.e2e
 
@@ -36,10 +35,6 @@ DRIFT_SITE = "plant_b"  # the default drift schedule shifts plant_b's process te
 COST_SOURCES = ("aws-focus-sample", "azure-focus-sample", "gcp-focus-sample")
 COST_DAYS = ("2026-11-14", "2026-11-20")  # inside the shipped sample exports (2026-10-22 .. 2026-11-20)
 WAIT_S = 90  # a page waits on one `mledge` command; two shared cores can make that slow
-
-
-def free_ports(count: int) -> list[int]:
-    return e2e_ports.free_ports(count, start=23000)
 
 
 class Stack:
@@ -70,9 +65,9 @@ class Stack:
 
 
 @pytest.fixture(scope="module")
-def stack(tmp_path_factory) -> Iterator[Stack]:
+def stack(tmp_path_factory, free_ports) -> Iterator[Stack]:
     home = tmp_path_factory.mktemp("mledge-ui-home")
-    airflow_port, mlflow_port, superlink_port, *supernode_ports = free_ports(6)
+    airflow_port, mlflow_port, superlink_port, *supernode_ports = free_ports(6, start=23000)
     env = {k: v for k, v in os.environ.items()
            if k not in ("MLFLOW_TRACKING_URI", "FLWR_HOME", "PYTHONPATH", "MLEDGE_AIRFLOW_DB_URL",
                         "MLEDGE_PLATFORM_DB_URL", "MLEDGE_COST_DB_URL", "MLEDGE_DRIFT_SCHEDULE")}
@@ -102,7 +97,7 @@ def drift_alerts(stack) -> list[dict]:
     """The drift evaluation at plant_b over two batches after its onset, step by step as the DAG runs it."""
     for _ in range(2):
         stack.json("drift", "collect", "--site", DRIFT_SITE)
-    stack.json("drift", "create-table")
+    stack.json("db", "migrate")
     for step in (["check-unprocessed"], ["simulate", "--simulations", "200"], ["p-value"], ["decide"]):
         stack.json("drift", *step, "--site", DRIFT_SITE)
     alerts = [a for a in stack.json("drift", "alerts", "--json") if a["decision"] == "drift"]

@@ -16,3 +16,5 @@ os.environ["AIRFLOW__CORE__DAGS_FOLDER"] = str(DAGS)
 # Airflow's own limit on a DAG file's import time: a slower file becomes an import error.
 os.environ["AIRFLOW__CORE__DAGBAG_IMPORT_TIMEOUT"] = "1.0"
 os.environ["AIRFLOW__CORE__UNIT_TEST_MODE"] = "True"
+
+

@@ -12,8 +12,8 @@ import pytest
 import torch
 from flwr.app import Message, Metadata, RecordDict
 
-from fl.sites import SITES
-from fl.store import append_generated_batch, batch_paths
+from mledge.onsite.profiles import PROFILES as SITES
+from mledge.onsite.store import append_generated_batch, batch_paths
 
 BATCHES = 3
 ROWS = 1000

@@ -8,8 +8,9 @@ from decimal import ROUND_HALF_UP, Decimal
 import pytest
 from conftest import RecordedSession, http_response
 
-from costs.catalog import find_offer, load_offers, read_snapshot, refresh, seed, upsert_offers
+from costs.catalog import find_offer, load_offers, read_snapshot, seed, upsert_offers
 from costs.focus import CostDataError
+from costs.pricing import refresh
 from costs.report import cost_report
 from costs.training import load_sites, parse_seconds, record_training
 

@@ -1,28 +1,19 @@
-"""``mledge costs ...`` through the real argument parser (``register``), as Airflow tasks and people call it."""
+"""``mledge costs ...`` through mledge's real argument parser, as Airflow tasks and people call it."""
 
 from __future__ import annotations
 
-import argparse
 import json
 from decimal import Decimal
 
 import pytest
 
-from mledge.costs_cli import register
-from mledge.settings import Settings
+from mledge.cli import build_parser
+from mledge.ops.settings import Settings
 
 
 @pytest.fixture
 def run(tmp_path):
-    parser = argparse.ArgumentParser(prog="mledge")
-    commands = parser.add_subparsers(dest="command", required=True)
-
-    def add(group, name, func, help):
-        sub = group.add_parser(name, help=help)
-        sub.set_defaults(func=func)
-        return sub
-
-    register(commands, add)
+    parser = build_parser()
     settings = Settings(home=tmp_path / "home")
 
     def invoke(*argv: str):

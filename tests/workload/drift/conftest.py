@@ -6,7 +6,7 @@ import pandas as pd
 import pytest
 from drift_streams import stream, trained_model
 
-from fl.sites import SCENARIOS
+from mledge.onsite.profiles import SCENARIOS
 
 
 @pytest.fixture(scope="session")

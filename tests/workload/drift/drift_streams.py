@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import pandas as pd
 
-from fl.generator import generate_batch
-from fl.model import build_model, features, labels, train_local
-from fl.sites import SITES
-from fl.store import is_held_out
+from fl.model import build_model
+from mledge.onsite.features import features, labels
+from mledge.onsite.generator import generate_batch
+from mledge.onsite.profiles import PROFILES as SITES
+from mledge.onsite.store import is_held_out
+from mledge.onsite.training import train_local
 
 
 def stream(site: str, batches: int, drifts=(), rows: int = 1000) -> list[pd.DataFrame]:

@@ -8,12 +8,12 @@ from datetime import datetime
 import pytest
 
 from drift.alerts import ACTIONS, STATUSES, TRANSITIONS, AlertError, AlertStore
+from mledge.db import migrate
 
 
 @pytest.fixture
 def store():
     alerts = AlertStore("sqlite://")  # in memory: one shared connection
-    alerts.create_table()
     yield alerts
     alerts.dispose()
 
@@ -119,20 +119,19 @@ def test_non_finite_numbers_are_stored_as_null(store):
     assert alert["details"] == {"x": None, "y": [1.0, None]}
 
 
-def test_before_create_table_listing_is_empty_and_lookups_say_what_to_run(tmp_path):
-    store = AlertStore(f"sqlite:///{tmp_path / 'fresh.db'}")
+def test_a_fresh_database_is_migrated_once_and_unknown_alerts_are_named(tmp_path):
+    url = f"sqlite:///{tmp_path / 'fresh.db'}"
+    store = AlertStore(url)
     assert store.list() == []
-    with pytest.raises(AlertError, match="mledge drift create-table"):
+    with pytest.raises(AlertError, match="no drift alert with id 1"):
         store.get(1)
-    store.create_table()
-    store.create_table()  # idempotent
-    assert store.list() == []
+    assert migrate(url) == migrate(url) == "0001"  # idempotent: the store already migrated it
+    assert AlertStore(url).list() == []
 
 
 def test_a_file_database_keeps_its_rows_for_the_next_reader(tmp_path):
     url = f"sqlite:///{tmp_path / 'platform.db'}"
     writer = AlertStore(url)
-    writer.create_table()
     alert = _add(writer)
     writer.set_status(alert["id"], "dismissed", "frank", "known maintenance")
     writer.dispose()

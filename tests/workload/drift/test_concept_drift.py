@@ -6,15 +6,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from drift.concept_drift import (
-    evaluate_p_value,
-    generate_simulations,
-    model_scores,
-    row_errors,
-    score_bins,
-)
-from drift.site_eval import concept_simulations
-from fl.store import is_held_out
+from mledge.onsite.concept_drift import evaluate_p_value, generate_simulations, model_scores, row_errors, score_bins
+from mledge.onsite.drift_evaluation import concept_simulations
+from mledge.onsite.store import is_held_out
 
 
 def _rows(rng, n, error_rate, low=-4.0, high=4.0):

@@ -8,10 +8,10 @@ import pandas as pd
 import pytest
 from drift_streams import stream
 
-from drift.data_drift import COLUMN_METHODS, data_drift
-from drift.site_eval import decide_batch
-from fl.generator import FEATURES
-from fl.sites import SCENARIOS
+from drift.decision import decide_batch
+from mledge.onsite.data_drift import COLUMN_METHODS, data_drift
+from mledge.onsite.profiles import SCENARIOS
+from mledge.onsite.schema import FEATURES
 
 
 @pytest.fixture(scope="module")

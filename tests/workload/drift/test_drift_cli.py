@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import argparse
 import json
 from pathlib import Path
 from urllib.parse import urlparse
@@ -14,30 +13,18 @@ import pytest
 from drift_streams import trained_model
 
 from drift.alerts import AlertError
-from fl.model import N_FEATURES
-from fl.registry import CHAMPION, GLOBAL_MODEL
-from fl.store import load_site_data
-from mledge.drift_cli import register
-from mledge.settings import Settings
+from mledge.cli import build_parser
+from mledge.contracts import CHAMPION, GLOBAL_MODEL
+from mledge.onsite.schema import N_FEATURES
+from mledge.onsite.store import load_site_data
+from mledge.ops.settings import Settings
 
 ROWS = 400
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="mledge")
-    commands = parser.add_subparsers(dest="command", required=True)
-
-    def add(group, name, func, help):
-        sub = group.add_parser(name, help=help)
-        sub.set_defaults(func=func)
-        return sub
-
-    register(commands, add)
-    return parser
-
-
-def run(*argv: str):
-    args = build_parser().parse_args(["drift", *argv])
+def run(*argv: str, group: str = "drift"):
+    """One command through mledge's own parser, as the program runs it (without the process around it)."""
+    args = build_parser().parse_args([group, *argv])
     result = args.func(args, Settings())
     json.dumps(result, default=str)  # what mledge prints: it must be JSON
     return result
@@ -105,7 +92,7 @@ def test_unknown_site_is_named(home):
 
 @pytest.fixture(scope="module")
 def plant_b_evaluation(home):
-    tables = run("create-table")
+    tables = run("migrate", group="db")
     check = run("check-unprocessed", "--site", "plant_b")
     simulated = run("simulate", "--site", "plant_b", "--simulations", "500")
     p_values = run("p-value", "--site", "plant_b")
@@ -113,7 +100,7 @@ def plant_b_evaluation(home):
     return {"tables": tables, "check": check, "simulated": simulated, "p_values": p_values, "decided": decided}
 
 
-def test_create_table(plant_b_evaluation):
+def test_db_migrate(plant_b_evaluation):
     assert {"drift_alerts", "drift_processed_batches"} <= set(plant_b_evaluation["tables"]["tables"])
 
 

@@ -9,19 +9,20 @@ import pandas as pd
 import pytest
 from drift_streams import stream
 
-from fl.generator import FAILURE_MODES, LABEL, OSF_LIMIT, generate_batch
-from fl.sites import (
+from mledge.onsite.generator import OSF_LIMIT, generate_batch
+from mledge.onsite.profiles import (
     DRIFT_SCHEDULE,
     DRIFT_SCHEDULE_ENV,
     SCENARIOS,
-    SITES,
     DriftScheduleError,
     ScheduledDrift,
     drift_schedule,
     drifts_for,
     load_drift_schedule,
 )
-from fl.store import append_generated_batch, load_site_data
+from mledge.onsite.profiles import PROFILES as SITES
+from mledge.onsite.schema import FAILURE_MODES, LABEL
+from mledge.onsite.store import append_generated_batch, load_site_data
 
 OFFSET = DRIFT_SCHEDULE[0].offset_k
 

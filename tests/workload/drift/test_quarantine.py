@@ -11,9 +11,9 @@ import pandas as pd
 import pytest
 from drift_streams import stream
 
-from fl.generator import COLUMNS
-from fl.sites import SITES
-from fl.store import (
+from mledge.onsite.profiles import PROFILES as SITES
+from mledge.onsite.schema import COLUMNS
+from mledge.onsite.store import (
     REASON_SUFFIX,
     accept_incoming,
     batch_paths,

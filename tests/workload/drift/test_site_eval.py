@@ -7,18 +7,28 @@ import json
 import pytest
 
 from drift.alerts import AlertStore
-from drift.site_eval import (
+from drift.decision import decide as decide_at_platform
+from drift.tracking import ProcessedBatches
+from mledge.onsite.drift_evaluation import (
     Champion,
-    decide,
+    archive,
     evaluate,
+    measured,
     plan_evaluation,
     read_plan,
     simulate,
     workspace,
 )
-from drift.tracking import ProcessedBatches
-from fl.sites import SITES
-from fl.store import SiteDataError, append_generated_batch
+from mledge.onsite.profiles import PROFILES as SITES
+from mledge.onsite.store import SiteDataError, append_generated_batch
+
+
+def decide(store, site, alerts, tracker, *, n_sites=1, publish=None):
+    """Step 4 as `mledge drift decide` runs it: the site's measurements, the platform's decision, the archive."""
+    plan, results = measured(store, site, tracker.processed(site))
+    result = decide_at_platform(site, plan, results, alerts, tracker, n_sites=n_sites, publish=publish)
+    archive(store)
+    return result
 
 
 @pytest.fixture
@@ -70,7 +80,6 @@ def test_a_bad_data_window_names_site_tag_and_problem(store, window, words):
 def test_without_a_champion_concept_drift_is_skipped_and_data_drift_still_runs(store, tmp_path):
     url = f"sqlite:///{tmp_path / 'platform.db'}"
     alerts, tracker = AlertStore(url), ProcessedBatches(url)
-    alerts.create_table()
     tracker.mark("plant_c", _names(4))  # evaluated earlier: batch 5 waits, batches 1-4 are the reference
     simulated = simulate(store, "plant_c", tracker.processed("plant_c"), None)
     assert "no production model" in simulated["concept_skipped"] and simulated["concept"] == {}

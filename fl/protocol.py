@@ -1,0 +1,133 @@
+"""The federated run's contract between the ServerApp, the sites' ClientApps and the registry.
+
+Message keys and types come from ``mledge.contracts``; this module adds the typed records that travel in them or
+come out of a run: confusion ``Counts`` (they add up across sites, so federated metrics are exact), their metric
+record form, and ``PromotionEvidence``, which the ServerApp writes to MLflow and the registry reads back.
+Pure Python (no Flower, no torch), so every side can import it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+
+@dataclass(frozen=True)
+class Counts:
+    """Confusion counts for the failure class; they add up across sites, so global metrics stay exact."""
+
+    tp: int
+    fp: int
+    fn: int
+    tn: int
+    loss_sum: float
+
+    @property
+    def n(self) -> int:
+        return self.tp + self.fp + self.fn + self.tn
+
+    def __add__(self, other: Counts) -> Counts:
+        return Counts(
+            self.tp + other.tp,
+            self.fp + other.fp,
+            self.fn + other.fn,
+            self.tn + other.tn,
+            self.loss_sum + other.loss_sum,
+        )
+
+
+ZERO = Counts(0, 0, 0, 0, 0.0)
+
+
+def metrics_from_counts(c: Counts) -> dict[str, float]:
+    """Loss, accuracy, and recall, precision and F1 of the (rare) failure class."""
+    recall = c.tp / (c.tp + c.fn) if c.tp + c.fn else 0.0
+    precision = c.tp / (c.tp + c.fp) if c.tp + c.fp else 0.0
+    f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
+    return {
+        "loss": c.loss_sum / c.n if c.n else float("nan"),
+        "accuracy": (c.tp + c.tn) / c.n if c.n else float("nan"),
+        "recall": recall,
+        "precision": precision,
+        "f1": f1,
+    }
+
+
+def counts_record(counts: Counts, prefix: str = "") -> dict[str, float]:
+    """Counts as metric record entries (``<prefix>tp``, ... ``<prefix>loss-sum``)."""
+    return {
+        f"{prefix}tp": counts.tp,
+        f"{prefix}fp": counts.fp,
+        f"{prefix}fn": counts.fn,
+        f"{prefix}tn": counts.tn,
+        f"{prefix}loss-sum": counts.loss_sum,
+    }
+
+
+def counts_from(metrics: Mapping[str, float], prefix: str = "") -> Counts | None:
+    """The counts a metric record carries under ``prefix``; None when it carries none."""
+    if f"{prefix}tp" not in metrics:
+        return None
+    return Counts(
+        tp=int(metrics[f"{prefix}tp"]),
+        fp=int(metrics[f"{prefix}fp"]),
+        fn=int(metrics[f"{prefix}fn"]),
+        tn=int(metrics[f"{prefix}tn"]),
+        loss_sum=float(metrics[f"{prefix}loss-sum"]),
+    )
+
+
+# --- what a run proves about its models ----------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class SiteEvidence:
+    """One site's scores of the run's models, computed at the site on its own held-out rows."""
+
+    candidate: dict[str, float]  # the final global model, all held-out rows
+    champion: dict[str, float] | None  # the global champion when one was sent
+    num_examples: int
+    data_window: str = ""  # ``batch-000001:batch-000007``: what the site trained on
+    recent_window: str = ""  # the site's recent batches (personalisation)
+    recent_examples: int = 0
+    personal: dict[str, float] = field(default_factory=dict)  # the site's personalised model, recent held-out rows
+    recent_global: dict[str, float] = field(default_factory=dict)  # the global model, recent held-out rows
+    site_champion: dict[str, float] | None = None  # the site model's champion, recent held-out rows
+    site_champion_version: str | None = None
+
+
+@dataclass
+class PromotionEvidence:
+    """``promotion/evidence.json`` of a run: what the registry's gates decide on, and which sites failed."""
+
+    champion_version: str | None
+    sites: dict[str, SiteEvidence] = field(default_factory=dict)
+    failures: dict[str, list[str]] = field(default_factory=dict)
+    compute_seconds: dict[str, float] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, document: Mapping[str, Any]) -> PromotionEvidence:
+        """Read a run's evidence back; a missing or malformed field is named."""
+        try:
+            sites = {str(s): SiteEvidence(**entry) for s, entry in (document.get("sites") or {}).items()}
+            version = document.get("champion_version")
+            return cls(
+                champion_version=None if version is None else str(version),
+                sites=sites,
+                failures={str(s): [str(p) for p in ps] for s, ps in (document.get("failures") or {}).items()},
+                compute_seconds={str(s): float(v) for s, v in (document.get("compute_seconds") or {}).items()},
+            )
+        except (TypeError, ValueError, AttributeError) as exc:
+            raise ValueError(f"promotion evidence is malformed: {exc}") from None
+
+    def metric(self, role: str, metric: str) -> dict[str, float]:
+        """site -> ``metric`` of ``role`` ('candidate' or 'champion') for every site that scored it."""
+        return {
+            site: float(scores[metric])
+            for site, entry in self.sites.items()
+            if (scores := getattr(entry, role)) is not None
+        }

@@ -1,0 +1,72 @@
+"""``mledge``: the one entry point to MLEDGE's workload, for people, Airflow tasks and containers alike.
+
+Commands that Airflow runs print one JSON document on stdout (their result, which becomes the task's XCom) and
+log to stderr (which becomes the task log). Heavy libraries are imported inside the command that needs them.
+One module per command group; each adds its commands with ``register(commands)``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+from collections.abc import Sequence
+from typing import Any
+
+from mledge.cli import costs, data, drift, fl, models, overview, platform_db, security, stack
+from mledge.ops.settings import Settings
+
+log = logging.getLogger("mledge")
+GROUPS = (data, stack, security, fl, models, platform_db, drift, costs, overview)
+
+
+def _emit(document: Any) -> None:
+    json.dump(document, sys.stdout, indent=2, default=str)
+    sys.stdout.write("\n")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="mledge", description=__doc__.splitlines()[0])
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    commands = parser.add_subparsers(dest="command", required=True)
+    for module in GROUPS:
+        module.register(commands)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO,
+        stream=sys.stderr,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    settings = Settings()
+    # The same program runs on a laptop, in a container and in an Airflow task: point it at the platform's
+    # tracking server and SuperLink connection unless the environment already says where they are.
+    os.environ.setdefault("MLFLOW_TRACKING_URI", settings.mlflow_uri)
+    os.environ.setdefault("FLWR_HOME", str(settings.flwr_home))
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+    # stdout is this program's JSON answer: MLflow must not print "View run ... at" there.
+    os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
+    # Run by a person on the stack's machine, act as the platform identity once setup has made it; in an
+    # Airflow task the environment already names it.
+    from mledge.security import mlflow_auth
+
+    if "MLFLOW_TRACKING_USERNAME" not in os.environ and mlflow_auth.secrets_file(settings).exists():
+        os.environ.update(mlflow_auth.client_env(settings, "platform"))
+    try:
+        result = args.func(args, settings)
+    except Exception as exc:  # one clear line for people and task logs; -v shows the traceback
+        log.debug("traceback", exc_info=True)
+        log.error("%s: %s", exc.__class__.__name__, exc)
+        return 1
+    if args.func is not overview.cmd_demo:
+        _emit(result)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,37 @@
+"""``mledge status`` and ``mledge demo``: the platform at a glance, and the whole loop end to end."""
+
+from __future__ import annotations
+
+import argparse
+
+from mledge.cli.common import add
+from mledge.ops.settings import Settings
+
+
+def cmd_status(args: argparse.Namespace, settings: Settings) -> dict:
+    from mledge.ops.status import collect
+
+    return collect(settings)
+
+
+def cmd_demo(args: argparse.Namespace, settings: Settings) -> dict:
+    from mledge.ops import demo
+
+    if args.attack:
+        return demo.run_attack_demo(settings, rounds=args.rounds, timeout=args.timeout, profile=args.attack)
+    return demo.run_demo(settings, rounds=args.rounds, timeout=args.timeout)
+
+
+def register(commands: argparse._SubParsersAction) -> None:
+    p = add(commands, "status", cmd_status, "sites, SuperNodes, Flower runs and registered models")
+    p.add_argument("--json", action="store_true", help="print JSON (the default for this program's commands)")
+    p = add(commands, "demo", cmd_demo, "start the stack, run federated_training through Airflow, summarise")
+    p.add_argument("--rounds", type=int, default=3)
+    p.add_argument("--timeout", type=float, default=1200)
+    p.add_argument(
+        "--attack",
+        nargs="?",
+        const="attack='label-flip'",
+        default=None,
+        help="rerun with plant_c poisoning, once with FedAvg and once with FedQV + reputation, and compare",
+    )

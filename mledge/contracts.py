@@ -1,0 +1,169 @@
+"""The shared vocabulary of MLEDGE: names, keys and defaults that both Python environments agree on.
+
+Standard library only. The orchestrator environment (Airflow: DAGs, operators, the UI plugin) and the workload
+environment (Flower, torch, MLflow, Evidently) both import this module, so that a name written here is written
+nowhere else: the use case and its sites, registered models, experiments and tags, drift alert statuses and
+actions, aggregation strategies, Flower message keys, the drift Asset and its event's extras, knob defaults, and
+where MLEDGE keeps its state.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+
+# --- the federation ------------------------------------------------------------------------------------------
+USE_CASE = "axis_failures"
+SITES: tuple[str, ...] = ("plant_a", "plant_b", "plant_c")
+FLWR_CONNECTION = "mledge"  # the `flwr` CLI's connection name in $FLWR_HOME/config.toml
+
+# --- where state lives ---------------------------------------------------------------------------------------
+HOME_ENV = "MLEDGE_HOME"
+PLATFORM_DB_ENV = "MLEDGE_PLATFORM_DB_URL"
+
+
+def mledge_home(environ: Mapping[str, str] | None = None) -> Path:
+    """MLEDGE's state folder: ``MLEDGE_HOME``, else ``<repository>/.state``. The one rule, used everywhere."""
+    value = (os.environ if environ is None else environ).get(HOME_ENV, "")
+    return Path(value or REPO / ".state").resolve()
+
+
+def platform_db_url(home: Path | None = None, environ: Mapping[str, str] | None = None) -> str:
+    """``MLEDGE_PLATFORM_DB_URL``, else SQLite ``platform.db`` in the home folder."""
+    env = os.environ if environ is None else environ
+    return env.get(PLATFORM_DB_ENV) or f"sqlite:///{(home or mledge_home(env)) / 'platform.db'}"
+
+
+# --- MLflow: experiments, registered models, aliases, tags ----------------------------------------------------
+EXPERIMENT = f"{USE_CASE}-federated"
+GLOBAL_MODEL = f"global-{USE_CASE}-federated"
+CHAMPION = "champion"
+CHALLENGER = "challenger"
+EVIDENCE_PATH = "promotion/evidence.json"
+
+
+def site_model_name(site: str) -> str:
+    """The registered model of one site's personalised model, e.g. ``plant_a-axis_failures-federated``."""
+    return f"{site}-{USE_CASE}-federated"
+
+
+def drift_experiment(site: str) -> str:
+    """The MLflow experiment that keeps a site's drift reports."""
+    return f"drift-{site}-{USE_CASE}"
+
+
+def registered_models(sites: tuple[str, ...] = SITES) -> list[str]:
+    """Every registered model of the use case: each site's, then the global one."""
+    return [*(site_model_name(s) for s in sites), GLOBAL_MODEL]
+
+
+TAG_FLOWER_RUN = "mledge.flower_run_id"
+TAG_DAG_RUN = "mledge.dag_run_id"
+TAG_MODEL_URI = "mledge.model_uri"
+TAG_FAILED_SITES = "mledge.failed_sites"
+TAG_DECISION = "mledge.promotion"
+TAG_REASON = "mledge.promotion_reason"
+TAG_STRATEGY = "mledge.strategy"
+TAG_DRIFT_ALERTS = "mledge.drift_alerts"
+TAG_PREVIOUS_CHAMPION = "mledge.previous_champion"
+TAG_SITE = "mledge.site"
+TAG_BATCH = "mledge.batch"
+TAG_DRIFT_EVALUATION = "mledge.drift_evaluation"
+TAG_DRIFT = "mledge.drift"
+TAG_DRIFT_CHAMPION = "mledge.champion"
+ROLLED_BACK = "rolled_back"
+
+
+def site_model_tag(site: str) -> str:
+    """The run tag holding the logged URI of a site's personalised model."""
+    return f"mledge.site_model_uri.{site}"
+
+
+def data_window_tag(site: str) -> str:
+    """The version tag naming the batches of ``site`` a model was trained on (``batch-000001:batch-000007``)."""
+    return f"mledge.data_window.{site}"
+
+
+# --- drift alerts ----------------------------------------------------------------------------------------------
+ALERT_STATUSES = ("new", "acknowledged", "dismissed", "retraining", "resolved")
+ALERT_KINDS = ("data", "concept")
+ALERT_DECISIONS = ("drift", "no_drift")
+# What a reviewer does -> the status it leads to (the CLI's and the review page's verbs).
+ALERT_ACTIONS = {"acknowledge": "acknowledged", "dismiss": "dismissed", "approve": "retraining", "resolve": "resolved"}
+# Which status may follow which. A dismissed alert can be reopened by acknowledging it; resolved is final.
+ALERT_TRANSITIONS: dict[str, tuple[str, ...]] = {
+    "new": ("acknowledged", "dismissed", "retraining", "resolved"),
+    "acknowledged": ("dismissed", "retraining", "resolved"),
+    "retraining": ("resolved",),
+    "dismissed": ("acknowledged",),
+    "resolved": (),
+}
+# The actions a person takes on the review page (resolve is the platform's, after retraining).
+REVIEW_ACTIONS = ("acknowledge", "dismiss", "approve")
+RETRAINING_AUTO, RETRAINING_APPROVAL = "auto", "approval"
+RETRAINING_MODES = (RETRAINING_AUTO, RETRAINING_APPROVAL)
+
+# --- the DAGs --------------------------------------------------------------------------------------------------
+TRAINING_DAG_ID = "federated_training"
+DRIFT_DAG_ID = "concept_drift_evaluation"
+COLLECTION_DAG_ID = "data_collection"
+BILLING_DAG_ID = "billing_ingestion"
+PRICES_DAG_ID = "price_catalog_refresh"
+
+# The Airflow Asset whose events start federated_training, and the keys of an event's extra.
+DRIFT_ASSET_URI = f"mledge://{USE_CASE}/drift"
+DRIFT_ASSET_NAME = f"{USE_CASE}_drift"
+DRIFT_ASSET_GROUP = "mledge"
+EVENT_SITE, EVENT_ALERT_IDS, EVENT_REQUESTED_BY = "site", "alert_ids", "requested_by"
+
+# --- aggregation strategies: name -> title (the DAG's enum and the ServerApp's registry use these names) --------
+STRATEGIES: dict[str, str] = {
+    "fedavg": "FedAvg (weighted mean; no defence)",
+    "krum": "Krum (Flower)",
+    "multikrum": "Multi-Krum (Flower)",
+    "fedmedian": "Coordinate-wise median (Flower)",
+    "fedtrimmedavg": "Trimmed mean (Flower)",
+    "bulyan": "Bulyan (Flower)",
+    "fedqv": "FedQV: quadratic voting (Chu & Laoutaris 2024)",
+    "fedqv-reputation": "FedQV with reputation (Chu & Laoutaris 2024)",
+    "reputation-residual": "Reputation + residual reweighting (Chu et al., NDSS 2023)",
+}
+DEFAULT_STRATEGY = "fedavg"
+
+# --- Flower messages between the ServerApp and the sites' ClientApps -------------------------------------------
+MSG_TRAIN = "train"
+MSG_FINALISE = "train.finalise"
+MSG_QUERY = "query"
+ARRAYS_KEY = "arrays"
+CONFIG_KEY = "config"
+METRICS_KEY = "metrics"
+SITE_KEY = "site"
+CHAMPION_KEY = "champion"
+SITE_CHAMPION_KEY = "site-champion"
+WINDOW_KEY = "window"
+# Seconds a site's machine spent on a message (read, score, train): what its compute costs are priced on.
+COMPUTE_KEY = "compute-seconds"
+NUM_EXAMPLES_KEY = "num-examples"
+
+# --- defaults of the knobs people turn (DAG params, CLI options and the libraries share them) -----------------
+ROUNDS = 3
+LOCAL_EPOCHS = 2
+LEARNING_RATE = 0.005
+MIN_CLIENTS = 3
+MIN_REPLIES = 2
+REPLY_TIMEOUT_S = 300.0
+NODE_WAIT_TIMEOUT_S = 300
+RUN_TIMEOUT_S = 1800
+PERSONAL_EPOCHS = 2
+RECENT_BATCHES = 3
+# Permutations per batch for the concept-drift p-value; 1/(N+1) must fall below the smallest Holm level
+# (0.05 / 3 sites / 7 tests ~ 0.0024): N >= 500.
+DRIFT_SIMULATIONS = 1000
+MIN_DRIFT_SIMULATIONS = 500
+MAX_DRIFT_SIMULATIONS = 20000
+DRIFT_ALPHA = 0.05  # the federation-wide false-alarm rate per round of batches
+DRIFT_BINS = 10
+ROWS_PER_BATCH = 1000

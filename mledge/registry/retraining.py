@@ -1,0 +1,67 @@
+"""Closing a retraining: register and promote a run's models, then resolve the drift alerts that asked for it.
+
+Also what a finished Flower run left in MLflow for the DAG: which sites failed and why, and their compute time.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from drift.alerts import AlertStore
+from mledge.registry.promotion import find_run, promote, read_evidence
+
+
+def alerts_in_retraining(alerts: AlertStore) -> list[dict]:
+    """The drift alerts whose retraining a run is: approved (by a person or automatically), not yet resolved."""
+    return alerts.list(status="retraining")
+
+
+def resolve_alerts(alerts: AlertStore, resolved: list[dict], result: dict) -> list[int]:
+    """Resolve ``resolved`` with a note naming the run and the versions it produced; returns their ids."""
+    if not resolved:
+        return []
+    versions = ", ".join(
+        f"{m['registered_model']} v{m['version']} ({m['alias']})" for m in [result, *result["site_models"].values()]
+    )
+    note = f"retrained by DAG run {result['dag_run_id']} (Flower run {result['flower_run_id']}): {versions}"
+    for alert in resolved:
+        alerts.set_status(alert["id"], "resolved", user="platform", note=note)
+    return [a["id"] for a in resolved]
+
+
+def promote_and_resolve(
+    flower_run_id: str,
+    alerts: AlertStore | None,
+    *,
+    metric: str = "f1",
+    margin: float = 0.0,
+    site_margin: float = 0.0,
+) -> dict:
+    """Register the run's models through the gates; with ``alerts``, link and resolve those in retraining."""
+    waiting = alerts_in_retraining(alerts) if alerts is not None else []
+    result = promote(
+        flower_run_id,
+        metric=metric,
+        margin=margin,
+        site_margin=site_margin,
+        drift_alerts=",".join(str(a["id"]) for a in waiting),
+    )
+    result["resolved_drift_alerts"] = resolve_alerts(alerts, waiting, result) if alerts is not None else []
+    return result
+
+
+def run_outcome(flower_run_id: str) -> dict[str, Any]:
+    """Which sites failed in a run and why, and their compute seconds, as the ServerApp recorded them."""
+    import mlflow
+    from mlflow.exceptions import MlflowException
+
+    try:
+        run = find_run(mlflow.MlflowClient(), flower_run_id)
+        evidence = read_evidence(run)
+    except (LookupError, MlflowException, OSError, ValueError) as exc:
+        return {"mlflow_run_id": None, "site_failures": {}, "compute_seconds": {}, "note": f"no MLflow record: {exc}"}
+    return {
+        "mlflow_run_id": run.info.run_id,
+        "site_failures": evidence.failures,
+        "compute_seconds": evidence.compute_seconds,
+    }

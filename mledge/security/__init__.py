@@ -1,0 +1,1 @@
+"""Security primitives: private files, the local CA and TLS, SuperNode keys, MLflow identities and grants."""

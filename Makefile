@@ -1,13 +1,15 @@
 # MLEDGE: two commands on a fresh machine, `make demo` and `make test` (see README.md).
 SHELL := /bin/bash
 .SHELLFLAGS := -eu -o pipefail -c
-PYTHON ?= python3.11
+# An interpreter every user can run: the stack runs its components as their own Unix users when started as root
+# (a Python under /root, e.g. pyenv's, is out of their reach), so the system's python3.11 comes first.
+PYTHON ?= $(firstword $(wildcard /usr/bin/python3.11 /usr/local/bin/python3.11) python3.11)
 VENVS := .venvs
 WL := $(VENVS)/workload
 AF := $(VENVS)/orchestrator
 PIP_FLAGS := --quiet --disable-pip-version-check
 
-.PHONY: browser setup demo demo-attack down status bench bench-robust bench-speed bench-drift bench-costs test test-unit test-dags test-e2e lint lock clean
+.PHONY: browser setup demo demo-attack down status clean-venvs bench bench-robust bench-speed bench-drift bench-costs test test-unit test-dags test-e2e lint lock clean
 
 setup: $(WL)/.installed $(AF)/.installed ## build both environments from the lock files
 
@@ -63,6 +65,9 @@ lock: ## regenerate both lock files from the environments as they are
 
 clean: down ## remove local state (data, databases, logs) but keep the environments
 	rm -rf .state .test-state
+
+clean-venvs: ## remove both environments (the next `make` builds them again)
+	rm -rf $(VENVS)
 
 demo-attack: setup ## plant_c poisons its updates: FedAvg and FedQV + reputation side by side
 	$(WL)/bin/mledge demo --attack

@@ -1,10 +1,12 @@
 """data_collection: each site appends its next batch to its own store, validated; bad batches go to quarantine.
 
-collect (one mapped task per registered site) -> check_quarantine
+<site>.edge_worker -> <site>.collect  (per site, at the site) -> check_quarantine  (platform)
 
+``collect`` runs on the site's own edge worker (queue = the site's name): only that machine can read the store.
 A batch that fails validation (missing or extra columns, wrong types, too many NaNs, unreadable) is moved to the
-site's ``quarantine/`` with a reason file, never deleted; ``check_quarantine`` then fails the run naming every
-quarantined file, so the run says so in the UI. Every task runs the workload entry point ``mledge``.
+site's ``quarantine/`` with a reason file, never deleted; ``check_quarantine`` (at the platform, which receives
+file names and reasons, never rows) then fails the run naming every quarantined file and every site that did not
+collect (its edge worker not connected, say). Every task runs the workload entry point ``mledge``.
 """
 
 from __future__ import annotations
@@ -12,11 +14,14 @@ from __future__ import annotations
 import os
 from datetime import timedelta
 
-from airflow.sdk import DAG, Param, task
+from airflow.sdk import DAG, Param, TaskGroup, task
 from airflow.timetables.trigger import CronTriggerTimetable
 
-from mledge.contracts import COLLECTION_DAG_ID, ROWS_PER_BATCH, USE_CASE
+from mledge.contracts import COLLECTION_DAG_ID, ROWS_PER_BATCH, SITES, USE_CASE
 from operators.mledge import MledgeOperator
+from operators.sites import WORKER_WAIT_S, EdgeWorkerSensor, at_site
+
+WORKER_WAIT = int(os.environ.get("MLEDGE_EDGE_WORKER_WAIT_S") or WORKER_WAIT_S)
 
 with DAG(
     dag_id=COLLECTION_DAG_ID,
@@ -34,22 +39,31 @@ with DAG(
     tags=["mledge", USE_CASE, "data"],
     doc_md=__doc__,
 ) as dag:
-    sites = MledgeOperator(task_id="registered_sites", arguments=["drift", "sites"])
+    collected = []
+    for site in SITES:
+        with TaskGroup(group_id=site):
+            collect = MledgeOperator(
+                task_id="collect",
+                arguments=["drift", "collect", "--site", site, "--rows", "{{ params.rows }}"],
+                **at_site(site),
+            )
+            EdgeWorkerSensor(task_id="edge_worker", site=site, timeout=WORKER_WAIT) >> collect
+        collected.append(collect)
 
-    @task
-    def collection_commands(registered: list[str], params: dict | None = None) -> list[list[str]]:
-        """One ``mledge drift collect`` per site: on a real deployment each runs where its site's data live."""
-        return [["drift", "collect", "--site", s, "--rows", str(params["rows"])] for s in registered]
+    @task(trigger_rule="all_done")
+    def check_quarantine(ti=None) -> dict:
+        """Fail the run, naming each quarantined file and why, and each site that did not collect."""
+        problems, accepted = [], {}
+        for site in SITES:
+            result = ti.xcom_pull(task_ids=f"{site}.collect")
+            if result is None:
+                problems.append(f"{site}: no batch collected (see its edge_worker and collect tasks)")
+                continue
+            for name, r in result["sites"].items():
+                accepted[name] = r["accepted"]
+                problems += [f"{name}: {q['file']} quarantined ({q['reason']})" for q in r["quarantined"]]
+        if problems:
+            raise ValueError("; ".join(problems))
+        return {"accepted": accepted}
 
-    collect = MledgeOperator.partial(task_id="collect").expand(arguments=collection_commands(sites.output))
-
-    @task
-    def check_quarantine(results: list[dict]) -> dict:
-        """Fail the run, naming each quarantined file and why, when any batch was quarantined."""
-        by_site = {site: r for result in results for site, r in result["sites"].items()}
-        quarantined = [f"{site}: {q['file']} ({q['reason']})" for site, r in by_site.items() for q in r["quarantined"]]
-        if quarantined:
-            raise ValueError("quarantined batches: " + "; ".join(quarantined))
-        return {"accepted": {site: r["accepted"] for site, r in by_site.items()}}
-
-    check_quarantine(collect.output)
+    collected >> check_quarantine()

@@ -3,13 +3,16 @@
 Node config (set when the SuperNode starts): ``site`` (its stable name) and ``data-dir`` (its own store).
 Rows never leave this process; replies carry model weights, example counts and confusion counts only.
 
-Attack simulation (fl/simulation/attacks.py), off unless configured: a node config with ``attack=...`` keys makes
-this node malicious; for demonstrations, a run config naming this site in ``attack-site`` applies
-``attack-profile`` (the same syntax) for that run only.
+Attack simulation (fl/simulation/attacks.py), off unless the site itself says so: a node config with
+``attack=...`` keys makes this node malicious; for demonstrations, a run config naming this site in
+``attack-site`` applies ``attack-profile`` (the same syntax) for that run only, and only if the SuperNode was
+started with ``accept-simulated-attacks=true`` in its own node config. Whoever may trigger a run cannot make a
+real site poison its updates.
 """
 
 from __future__ import annotations
 
+import logging
 import time
 from pathlib import Path
 
@@ -33,6 +36,7 @@ from mledge.onsite import training
 from mledge.onsite.store import SiteDataError
 
 app = ClientApp()
+log = logging.getLogger("flwr").getChild("mledge.site")
 
 
 def site_of(context: Context) -> str:
@@ -49,12 +53,19 @@ def data_dir(context: Context, site: str) -> Path:
     return Path(str(value))
 
 
+ACCEPT_SIMULATED_ATTACKS = "accept-simulated-attacks"
+
+
 def attack_profile(context: Context, site: str) -> AttackProfile:
-    """This node's attack: its own node config first, else a run-config simulation that names its site."""
+    """This node's attack: its own node config first, else a run-config simulation that names its site, if the
+    node opted in to simulations; a run asking a node that did not opt in is ignored (and said so in its log)."""
     own = AttackProfile.from_node_config(context.node_config)
     if not own.is_off:
         return own
     if str(context.run_config.get("attack-site", "")) == site:
+        if str(context.node_config.get(ACCEPT_SIMULATED_ATTACKS, "")).lower() != "true":
+            log.warning("site %s: the run asks for a simulated attack; this SuperNode did not opt in: ignored", site)
+            return own
         return AttackProfile.parse(str(context.run_config.get("attack-profile", "")))
     return own
 

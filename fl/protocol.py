@@ -8,9 +8,12 @@ Pure Python (no Flower, no torch), so every side can import it.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from typing import Any
+
+from mledge.contracts import COMPUTE_KEY
 
 
 @dataclass(frozen=True)
@@ -131,3 +134,46 @@ class PromotionEvidence:
             for site, entry in self.sites.items()
             if (scores := getattr(entry, role)) is not None
         }
+
+
+# --- what a site may report -------------------------------------------------------------------------------
+
+COUNT_KEYS = ("tp", "fp", "fn", "tn")
+
+
+def metric_problems(
+    metrics: Mapping[str, Any], *, examples_key: str | None, prefixes: tuple[str, ...] = ("",),
+    max_seconds: float | None = None,
+) -> list[str]:
+    """Every way a site's metric record breaks the protocol (empty when it fits).
+
+    Sites are not trusted: every number must be finite and non-negative, confusion counts whole numbers that sum
+    to the examples they were computed on (``examples_key``), and the compute seconds a site bills cannot exceed
+    the wall time the platform waited for its reply (``max_seconds``). A record that fails is rejected, named,
+    and feeds neither the metrics, the promotion gate nor the cost rows.
+    """
+    problems = []
+    for key, value in metrics.items():
+        number = value if isinstance(value, int | float) else None
+        if number is None or isinstance(value, bool) or not math.isfinite(number) or number < 0:
+            problems.append(f"{key}={value!r} is not a finite non-negative number")
+    if problems:
+        return problems
+    for prefix in prefixes:
+        keys = [f"{prefix}{k}" for k in COUNT_KEYS]
+        if f"{prefix}tp" not in metrics:
+            problems.append(f"no confusion counts {prefix}tp..{prefix}tn")
+            continue
+        missing = [k for k in [*keys, f"{prefix}loss-sum"] if k not in metrics]
+        if missing:
+            problems.append(f"missing {missing}")
+            continue
+        if any(float(metrics[k]) != int(metrics[k]) for k in keys):
+            problems.append(f"{prefix}confusion counts are not whole numbers")
+        total = sum(int(metrics[k]) for k in keys)
+        if examples_key is not None and prefix == "" and examples_key in metrics:
+            if total != int(metrics[examples_key]):
+                problems.append(f"confusion counts sum to {total}, not {examples_key}={int(metrics[examples_key])}")
+    if max_seconds is not None and float(metrics.get(COMPUTE_KEY, 0.0)) > max_seconds:
+        problems.append(f"{COMPUTE_KEY}={metrics[COMPUTE_KEY]} exceeds the {max_seconds:.1f}s the platform waited")
+    return problems

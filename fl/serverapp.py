@@ -18,8 +18,10 @@ Run config keys are those of fl/flower_app/pyproject.toml.
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import mlflow
 import numpy as np
@@ -27,7 +29,7 @@ from flwr.app import ArrayRecord, ConfigRecord, Context, Message, RecordDict
 from flwr.serverapp import Grid, ServerApp
 
 from fl.model import build_model
-from fl.protocol import ZERO, PromotionEvidence, SiteEvidence, counts_from, metrics_from_counts
+from fl.protocol import ZERO, PromotionEvidence, SiteEvidence, counts_from, metric_problems, metrics_from_counts
 from fl.strategies import AggregationStrategy, SiteStateStore, build_strategy
 from mledge.contracts import (
     ARRAYS_KEY,
@@ -37,6 +39,7 @@ from mledge.contracts import (
     DEFAULT_STRATEGY,
     EVIDENCE_PATH,
     EXPERIMENT,
+    GLOBAL_MODELS_EXPERIMENT,
     MSG_FINALISE,
     MSG_QUERY,
     NUM_EXAMPLES_KEY,
@@ -44,15 +47,21 @@ from mledge.contracts import (
     RECENT_BATCHES,
     SITE_CHAMPION_KEY,
     SITE_KEY,
+    SUPERNODE_REGISTRY,
     TAG_DAG_RUN,
     TAG_FAILED_SITES,
     TAG_FLOWER_RUN,
+    TAG_MODEL_RUN,
     TAG_MODEL_URI,
+    TAG_SITE,
     TAG_STRATEGY,
     WINDOW_KEY,
+    mledge_home,
     platform_db_url,
     site_model_name,
+    site_model_run_tag,
     site_model_tag,
+    site_models_experiment,
 )
 from mledge.onsite.schema import N_FEATURES
 
@@ -79,28 +88,49 @@ class TrainResult:
     sites: dict[int, str] = field(default_factory=dict)
     failures: dict[str, list[str]] = field(default_factory=dict)
     compute: dict[str, float] = field(default_factory=dict)
+    # node id -> site of the registered SuperNode keys (a node's id is bound to its key): with it, a site is who
+    # the registry says, never who its reply claims to be. None: sites name themselves (no node authentication).
+    registered: dict[int, str] | None = None
+
+    def __post_init__(self) -> None:
+        if self.registered is not None:
+            self.sites.update(self.registered)
 
 
 def reply_metrics(reply: Message) -> dict[str, float]:
     return dict(next(iter(reply.content.metric_records.values())))
 
 
-def split_replies(replies: Iterable[Message], sites: dict[int, str]) -> tuple[dict[str, Message], dict[str, str]]:
-    """Replies by site name, and the error reason of each site that failed.
+def split_replies(
+    replies: Iterable[Message], sites: dict[int, str], registered: Mapping[int, str] | None = None
+) -> tuple[dict[str, Message], dict[str, str]]:
+    """Replies by site name, and the reason of each site (or node) that failed or was refused.
 
-    Sites name themselves in every reply; ``sites`` (node id -> site) remembers them so that a later error
-    from the same node is named too. Node ids change when a SuperNode restarts, site names do not.
+    With ``registered`` (node id -> site, from the SuperNode registry), a node's site is the one its key was
+    registered for: a reply that claims another site, or comes from a node no site registered, is refused and
+    named. Without it sites name themselves; ``sites`` (node id -> site) remembers them so that a later error from
+    the same node is named too. Node ids change when a SuperNode restarts, site names do not.
     """
     ok: dict[str, Message] = {}
     failed: dict[str, str] = {}
     for reply in replies:
         node = reply.metadata.src_node_id
-        if reply.has_error():
-            failed[sites.get(node, f"node-{node}")] = reply.error.reason
-            continue
-        if SITE_KEY in reply.content:
-            sites[node] = str(reply.content[SITE_KEY][SITE_KEY])
+        claim = str(reply.content[SITE_KEY][SITE_KEY]) if not reply.has_error() and SITE_KEY in reply.content else None
+        if registered is not None:
+            site = registered.get(node)
+            if site is None:
+                failed[f"node-{node}"] = f"node {node} is not the registered SuperNode of any site: refused"
+                continue
+            if claim is not None and claim != site:
+                failed[site] = f"node {node} is registered as site {site} but its reply claims site {claim}: refused"
+                continue
+            sites[node] = site
+        elif claim is not None:
+            sites[node] = claim
         site = sites.get(node, f"node-{node}")
+        if reply.has_error():
+            failed[site] = reply.error.reason
+            continue
         if site in ok:  # two nodes claiming one site: neither speaks for it alone
             failed[f"{site} (node {node})"] = f"node {node} claims site {site}, which another node already answered for"
             continue
@@ -114,7 +144,7 @@ def name_unknown_nodes(grid: Grid, replies: list[Message], sites: dict[int, str]
     Costs nothing when every failing node is already known, which is the common case.
     """
     unknown = sorted({r.metadata.src_node_id for r in replies if r.has_error()} - set(sites))
-    if not unknown:
+    if not unknown:  # always so with a registry: every node is known by its key
         return
     messages = [
         Message(RecordDict({CONFIG_KEY: ConfigRecord({})}), message_type=MSG_QUERY, dst_node_id=node)
@@ -154,6 +184,51 @@ def _record_failures(failures: dict[str, list[str]], rnd: int, phase: str, faile
         failures.setdefault(site, []).append(f"round {rnd} {phase}: {reason}")
 
 
+def exchange(
+    grid: Grid,
+    messages: list[Message],
+    result: TrainResult,
+    *,
+    timeout: float,
+    what: str,
+    rnd: int,
+    check: Callable[[Mapping[str, float], float], list[str]],
+) -> tuple[dict[str, Message], dict[str, str]]:
+    """Send ``messages``, and sort the replies into the usable ones by site and the failures (recorded).
+
+    A failure is an error reply, a refused identity (split_replies), a node that did not answer within
+    ``timeout``, or metrics that break the protocol (``check(metrics, seconds waited)``, e.g.
+    fl.protocol.metric_problems): what a site reports is not trusted.
+    """
+    started = time.monotonic()
+    replies = list(grid.send_and_receive(messages, timeout=timeout))
+    waited = time.monotonic() - started
+    name_unknown_nodes(grid, replies, result.sites, timeout)
+    ok, failed = split_replies(replies, result.sites, result.registered)
+    answered = {r.metadata.src_node_id for r in replies}
+    for node in sorted({m.metadata.dst_node_id for m in messages} - answered):
+        failed[result.sites.get(node, f"node-{node}")] = f"no reply within {timeout:.0f}s"
+    for site, reply in list(ok.items()):
+        problems = check(reply_metrics(reply), waited)
+        if problems:
+            failed[site] = "reply refused: " + "; ".join(problems)
+            del ok[site]
+    _record_failures(result.failures, rnd, what, failed)
+    return ok, failed
+
+
+def _train_check(metrics: Mapping[str, float], waited: float) -> list[str]:
+    return metric_problems(metrics, examples_key="eval-examples", max_seconds=waited + 1.0)
+
+
+def _finalise_check(metrics: Mapping[str, float], waited: float) -> list[str]:
+    prefixes = ("", "recent-global-", "personal-") + tuple(
+        p for p in ("champion-", "site-champion-") if f"{p}tp" in metrics
+    )
+    problems = metric_problems(metrics, examples_key=NUM_EXAMPLES_KEY, prefixes=prefixes, max_seconds=waited + 1.0)
+    return problems + [f"missing {k}" for k in (NUM_EXAMPLES_KEY, "recent-examples") if k not in metrics]
+
+
 def train_rounds(
     grid: Grid,
     strategy: AggregationStrategy,
@@ -164,15 +239,16 @@ def train_rounds(
     min_replies: int,
     timeout: float,
     sink: MetricSink,
+    registered: Mapping[int, str] | None = None,
 ) -> TrainResult:
-    """Step 1: ``rounds`` federated rounds from ``arrays``; fails when fewer than ``min_replies`` sites count."""
-    result = TrainResult(arrays=arrays)
+    """Step 1: ``rounds`` federated rounds from ``arrays``; fails when fewer than ``min_replies`` sites count.
+
+    ``registered``: node id -> site from the SuperNode registry (see TrainResult.registered).
+    """
+    result = TrainResult(arrays=arrays, registered=dict(registered) if registered is not None else None)
     for rnd in range(1, rounds + 1):
-        messages = strategy.configure_train(rnd, result.arrays, train_config, grid)
-        replies = list(grid.send_and_receive(messages, timeout=timeout))
-        name_unknown_nodes(grid, replies, result.sites, timeout)
-        ok, failed = split_replies(replies, result.sites)
-        _record_failures(result.failures, rnd, "train", failed)
+        messages = list(strategy.configure_train(rnd, result.arrays, train_config, grid))
+        ok, failed = exchange(grid, messages, result, timeout=timeout, what="train", rnd=rnd, check=_train_check)
         _require(ok, failed, min_replies, f"round {rnd}")
         log_evaluation(ok, step=rnd - 1, sink=sink)  # the sites scored the model they received
         _add_compute(result.compute, ok)
@@ -216,17 +292,16 @@ def finalise(
         if site_state is not None:
             content[SITE_CHAMPION_KEY] = ArrayRecord(site_state)
         messages.append(Message(RecordDict(content), message_type=MSG_FINALISE, dst_node_id=node))
-    replies = list(grid.send_and_receive(messages, timeout=timeout))
-    name_unknown_nodes(grid, replies, result.sites, timeout)
-    ok, failed = split_replies(replies, result.sites)
-    _record_failures(result.failures, final_round, "final evaluation", failed)
+    ok, _ = exchange(
+        grid, messages, result, timeout=timeout, what="final evaluation", rnd=final_round, check=_finalise_check
+    )
     _add_compute(result.compute, ok)
     evidence = PromotionEvidence(champion_version, failures=result.failures, compute_seconds=result.compute)
     for site, reply in ok.items():
         metrics = reply_metrics(reply)
         champion = counts_from(metrics, "champion-")
         site_champion = counts_from(metrics, "site-champion-")
-        window = reply.content[WINDOW_KEY]
+        window = reply.content.get(WINDOW_KEY) or ConfigRecord({"data": "", "recent": ""})
         evidence.sites[site] = SiteEvidence(
             candidate=metrics_from_counts(counts_from(metrics)),
             champion=metrics_from_counts(champion) if champion else None,
@@ -242,9 +317,9 @@ def finalise(
     return evidence, ok
 
 
-def publish(result: TrainResult, evidence: PromotionEvidence, ok: Mapping[str, Message], *, step: int) -> str:
-    """Step 3: the final evaluation, each site's personalised model, the evidence and the global model to the
-    active MLflow run; returns the global model's URI."""
+def publish(result: TrainResult, evidence: PromotionEvidence, ok: Mapping[str, Message], *, step: int) -> None:
+    """Step 3: the final evaluation, the evidence and which sites failed, to the active MLflow run (the run's
+    record, which holds every site's metrics: the platform's alone)."""
     if ok:
         log_evaluation(ok, step=step, sink=mlflow.log_metrics)
     for site, entry in evidence.sites.items():
@@ -252,22 +327,58 @@ def publish(result: TrainResult, evidence: PromotionEvidence, ok: Mapping[str, M
         if entry.champion:
             mlflow.log_metrics({f"holdout/{site}/champion_{k}": v for k, v in entry.champion.items()})
         mlflow.log_metrics({f"recent/{site}/personal_{k}": v for k, v in entry.personal.items()})
-        personal = build_model()
-        personal.load_state_dict(ok[site].content[ARRAYS_KEY].to_torch_state_dict())
-        info = mlflow.pytorch.log_model(
-            personal, name=f"site-{site}", input_example=_INPUT_EXAMPLE, pip_requirements=_PIP
-        )
-        mlflow.set_tag(site_model_tag(site), info.model_uri)
     mlflow.log_dict(evidence.to_dict(), EVIDENCE_PATH)
     mlflow.log_dict(result.sites, "sites.json")
     if evidence.failures:
         mlflow.set_tag(TAG_FAILED_SITES, ",".join(sorted(evidence.failures)))
+
+
+def _experiment_id(name: str) -> str:
+    found = mlflow.MlflowClient().get_experiment_by_name(name)
+    return found.experiment_id if found else mlflow.create_experiment(name)
+
+
+def _log_model(state: Mapping, experiment: str, run_name: str, tags: Mapping[str, str]) -> tuple[str, str]:
+    """One model in a run of its own in ``experiment``; returns (model URI, run id)."""
     model = build_model()
-    model.load_state_dict(result.arrays.to_torch_state_dict())
-    info = mlflow.pytorch.log_model(model, name="model", input_example=_INPUT_EXAMPLE, pip_requirements=_PIP)
-    mlflow.set_tag(TAG_MODEL_URI, info.model_uri)
-    log.info("Logged global model %s", info.model_uri)
-    return info.model_uri
+    model.load_state_dict(dict(state))
+    with mlflow.start_run(experiment_id=_experiment_id(experiment), run_name=run_name, tags=dict(tags)) as run:
+        info = mlflow.pytorch.log_model(model, name="model", input_example=_INPUT_EXAMPLE, pip_requirements=_PIP)
+    return info.model_uri, run.info.run_id
+
+
+def publish_models(result: TrainResult, ok: Mapping[str, Message], *, run_id: str, tags: Mapping[str, str]) -> str:
+    """Step 3, the models: each in the experiment its readers may read, so that a site can load the global model
+    and its own, and nothing of another site's. The global model goes to the global models' experiment, each
+    site's personalised model to that site's own; the run's record (``run_id``) is tagged with their URIs and
+    runs. Returns the global model's URI."""
+    client = mlflow.MlflowClient()
+    for site in sorted(ok):
+        uri, model_run = _log_model(
+            ok[site].content[ARRAYS_KEY].to_torch_state_dict(),
+            site_models_experiment(site),
+            f"{tags.get(TAG_FLOWER_RUN, '')} {site}",
+            {**tags, TAG_SITE: site},
+        )
+        client.set_tag(run_id, site_model_tag(site), uri)
+        client.set_tag(run_id, site_model_run_tag(site), model_run)
+    uri, model_run = _log_model(
+        result.arrays.to_torch_state_dict(), GLOBAL_MODELS_EXPERIMENT, f"{tags.get(TAG_FLOWER_RUN, '')} global", tags
+    )
+    client.set_tag(run_id, TAG_MODEL_URI, uri)
+    client.set_tag(run_id, TAG_MODEL_RUN, model_run)
+    log.info("Logged global model %s", uri)
+    return uri
+
+
+def registered_sites(path: Path) -> dict[int, str] | None:
+    """node id -> site of the SuperNode keys the platform registered (``mledge nodes register``); None if none."""
+    from mledge.security.node_keys import registry_sites
+
+    if not path.exists():
+        log.warning("no SuperNode registry at %s: sites name themselves (no node authentication)", path)
+        return None
+    return {int(node): site for node, site in registry_sites(path).items()}
 
 
 @app.main()
@@ -287,7 +398,7 @@ def main(grid: Grid, context: Context) -> None:
         TAG_DAG_RUN: str(cfg.get("dag-run-id", "")),
         TAG_STRATEGY: strategy_name,
     }
-    with mlflow.start_run(run_name=f"flower-run-{context.run_id}", tags=tags):
+    with mlflow.start_run(run_name=f"flower-run-{context.run_id}", tags=tags) as run:
         mlflow.log_params({k: v for k, v in cfg.items() if k != "dag-run-id"})
         result = train_rounds(
             grid,
@@ -300,6 +411,7 @@ def main(grid: Grid, context: Context) -> None:
             min_replies=int(cfg["min-replies"]),
             timeout=timeout,
             sink=mlflow.log_metrics,
+            registered=registered_sites(mledge_home() / SUPERNODE_REGISTRY),
         )
         evidence, ok = finalise(
             grid,
@@ -317,3 +429,4 @@ def main(grid: Grid, context: Context) -> None:
             final_round=rounds + 1,
         )
         publish(result, evidence, ok, step=rounds)
+    publish_models(result, ok, run_id=run.info.run_id, tags=tags)

@@ -31,6 +31,10 @@ def mledge_home(environ: Mapping[str, str] | None = None) -> Path:
     return Path(value or REPO / ".state").resolve()
 
 
+# node id -> site of the registered SuperNode keys, in the platform's home (mledge.security.node_keys writes it).
+SUPERNODE_REGISTRY = "flower/supernodes.json"
+
+
 def platform_db_url(home: Path | None = None, environ: Mapping[str, str] | None = None) -> str:
     """``MLEDGE_PLATFORM_DB_URL``, else SQLite ``platform.db`` in the home folder."""
     env = os.environ if environ is None else environ
@@ -50,6 +54,16 @@ def site_model_name(site: str) -> str:
     return f"{site}-{USE_CASE}-federated"
 
 
+# Where models are logged: apart from the training runs (which hold every site's metrics), so that each reader
+# can be granted exactly what it may load. Every site reads the global models; each site only its own.
+GLOBAL_MODELS_EXPERIMENT = f"{USE_CASE}-global-models"
+
+
+def site_models_experiment(site: str) -> str:
+    """The experiment of one site's personalised models, e.g. ``plant_a-axis_failures-models``."""
+    return f"{site}-{USE_CASE}-models"
+
+
 def drift_experiment(site: str) -> str:
     """The MLflow experiment that keeps a site's drift reports."""
     return f"drift-{site}-{USE_CASE}"
@@ -63,6 +77,7 @@ def registered_models(sites: tuple[str, ...] = SITES) -> list[str]:
 TAG_FLOWER_RUN = "mledge.flower_run_id"
 TAG_DAG_RUN = "mledge.dag_run_id"
 TAG_MODEL_URI = "mledge.model_uri"
+TAG_MODEL_RUN = "mledge.model_run_id"
 TAG_FAILED_SITES = "mledge.failed_sites"
 TAG_DECISION = "mledge.promotion"
 TAG_REASON = "mledge.promotion_reason"
@@ -80,6 +95,11 @@ ROLLED_BACK = "rolled_back"
 def site_model_tag(site: str) -> str:
     """The run tag holding the logged URI of a site's personalised model."""
     return f"mledge.site_model_uri.{site}"
+
+
+def site_model_run_tag(site: str) -> str:
+    """The run tag holding the id of the run that logged a site's personalised model."""
+    return f"mledge.site_model_run_id.{site}"
 
 
 def data_window_tag(site: str) -> str:

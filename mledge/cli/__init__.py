@@ -15,11 +15,12 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
-from mledge.cli import costs, data, drift, fl, models, overview, platform_db, security, stack
+from mledge.cli import costs, data, drift, fl, models, overview, platform_db, security, sites, stack
+from mledge.cli.common import become_site
 from mledge.ops.settings import Settings
 
 log = logging.getLogger("mledge")
-GROUPS = (data, stack, security, fl, models, platform_db, drift, costs, overview)
+GROUPS = (data, stack, security, sites, fl, models, platform_db, drift, costs, overview)
 
 
 def _emit(document: Any) -> None:
@@ -57,6 +58,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     if "MLFLOW_TRACKING_USERNAME" not in os.environ and mlflow_auth.secrets_file(settings).exists():
         os.environ.update(mlflow_auth.client_env(settings, "platform"))
+    if getattr(args.func, "at_site", False) and getattr(args, "site", None) in settings.sites:
+        become_site(settings.site_home(args.site), args.site)
     try:
         result = args.func(args, settings)
     except Exception as exc:  # one clear line for people and task logs; -v shows the traceback

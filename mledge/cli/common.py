@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import argparse
+import os
 from collections.abc import Callable
+from pathlib import Path
 
 Adder = Callable[..., argparse.ArgumentParser]
 
@@ -33,3 +35,22 @@ def positive(text: str) -> int:
     if not text.isdigit() or int(text) < 1:
         raise argparse.ArgumentTypeError(f"{text!r} is not a positive whole number")
     return int(text)
+
+
+def at_site(func: Callable) -> Callable:
+    """Mark a command that reads or writes one site's store: run as root, it becomes the site's own user first."""
+    func.at_site = True
+    return func
+
+
+def become_site(home: Path, site: str) -> None:
+    """Run on as the owner of the site's home (its Unix user when the stack runs as root); a no-op otherwise, and
+    when the site's home is not there yet. Files the command writes then belong to the site, as its worker's do."""
+    if os.geteuid() != 0 or not home.exists():
+        return
+    owner = home.stat()
+    if owner.st_uid == 0:
+        return
+    os.setgroups([])
+    os.setgid(owner.st_gid)
+    os.setuid(owner.st_uid)

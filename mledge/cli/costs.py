@@ -27,7 +27,7 @@ DEFAULT_PROJECT = USE_CASE
 def _store(settings: Settings):
     from costs.store import CostStore, default_url
 
-    return CostStore(default_url(settings.home))
+    return CostStore(default_url(settings.platform_home))
 
 
 def _day(text: str) -> date:

@@ -12,10 +12,10 @@ from mledge.ops.settings import Settings
 
 def cmd_pki_init(args: argparse.Namespace, settings: Settings) -> dict:
     """The local CA and SuperLink certificate, and a key pair for each site whose store is here (mounted)."""
-    from mledge.ops import stack
+    from mledge.ops.components import superlink_hostnames
     from mledge.security import node_keys, pki
 
-    tls = pki.ensure_tls(settings.secrets, hostnames=[*args.hostname, *stack.superlink_hostnames()])
+    tls = pki.ensure_tls(settings.secrets, hostnames=[*args.hostname, *superlink_hostnames()])
     keys = {
         site: node_keys.ensure_node_key(site, settings.site_store(site))
         for site in settings.sites
@@ -31,7 +31,7 @@ def cmd_pki_init(args: argparse.Namespace, settings: Settings) -> dict:
 
 def cmd_nodes_register(args: argparse.Namespace, settings: Settings) -> list[dict]:
     """Register public keys with the SuperLink: <dir>/<site>.pub, or each site's own keys/supernode.pub."""
-    from mledge.ops import stack
+    from mledge.ops.components import supernode_registry
     from mledge.security import node_keys
 
     if args.public_keys_dir:
@@ -41,7 +41,7 @@ def cmd_nodes_register(args: argparse.Namespace, settings: Settings) -> list[dic
     else:
         here = [s for s in settings.sites if settings.site_store(s).is_dir()]
         keys = {s: node_keys.public_key_path(settings.site_store(s)) for s in here}
-    done = node_keys.ensure_registered(keys, FLWR_CONNECTION, stack.supernode_registry(settings), settings.flwr_bin)
+    done = node_keys.ensure_registered(keys, FLWR_CONNECTION, supernode_registry(settings), settings.flwr_bin)
     return [
         {"site": n.site, "node_id": n.node_id, "fingerprint": n.fingerprint, "newly_registered": n.newly_registered}
         for n in done
@@ -49,10 +49,10 @@ def cmd_nodes_register(args: argparse.Namespace, settings: Settings) -> list[dic
 
 
 def cmd_nodes_list(args: argparse.Namespace, settings: Settings) -> list[dict]:
-    from mledge.ops import stack
+    from mledge.ops.components import supernode_registry
     from mledge.security import node_keys
 
-    return node_keys.registered_nodes(FLWR_CONNECTION, stack.supernode_registry(settings), settings.flwr_bin)
+    return node_keys.registered_nodes(FLWR_CONNECTION, supernode_registry(settings), settings.flwr_bin)
 
 
 def cmd_mlflow_apply_permissions(args: argparse.Namespace, settings: Settings) -> dict:

@@ -38,6 +38,15 @@ def cmd_serve(args: argparse.Namespace, settings: Settings) -> dict:
     return {}
 
 
+def cmd_gateway(args: argparse.Namespace, settings: Settings) -> dict:
+    from mledge.ops import gateway
+
+    host, _, port = args.listen.rpartition(":")
+    config = gateway.GatewayConfig(upstream=args.upstream, allow=gateway.ROUTES[args.route], ca_file=args.ca)
+    gateway.serve(config, host.strip("[]") or "127.0.0.1", int(port), args.cert, args.key)  # until stopped
+    return {}
+
+
 def register(commands: argparse._SubParsersAction) -> None:
     stack = group(commands, "stack", "the local stack")
     p = add(stack, "up", cmd_stack_up, "start every component that is not running and wait until healthy")
@@ -48,3 +57,10 @@ def register(commands: argparse._SubParsersAction) -> None:
     p = add(commands, "serve", cmd_serve, "run one component of the stack in the foreground (containers)")
     p.add_argument("component", help="a component of `stack status`: superlink, supernode-<site>, mlflow, airflow-...")
     p.add_argument("required", nargs="*", help="after --: flags (with values) the component's command line must have")
+    p = add(commands, "gateway", cmd_gateway, "a TLS gateway that forwards only a route's paths (sites' only door)")
+    p.add_argument("route", choices=["fleet", "edge"], help="fleet: Flower's Fleet API; edge: Airflow's worker APIs")
+    p.add_argument("--listen", required=True, help="HOST:PORT to serve TLS on")
+    p.add_argument("--upstream", required=True, help="the service's platform-side URL")
+    p.add_argument("--cert", required=True, help="TLS certificate (the project's CA-issued server certificate)")
+    p.add_argument("--key", required=True, help="its private key")
+    p.add_argument("--ca", default=None, help="CA bundle to verify an https upstream")

@@ -51,16 +51,16 @@ def upgrade(engine: Engine, script_location: Path, adopt_tables: tuple[str, ...]
     ``adopt_tables``: tables that an earlier release created without Alembic; a database that has all of them
     and no revision yet is stamped at the first revision instead of created again.
     """
-    from alembic import command
-    from alembic.config import Config
-    from alembic.runtime.migration import MigrationContext
-    from alembic.script import ScriptDirectory
+    with _quiet_alembic():  # alembic announces its plugins at INFO when imported
+        from alembic import command
+        from alembic.config import Config
+        from alembic.runtime.migration import MigrationContext
+        from alembic.script import ScriptDirectory
 
-    config = Config()
-    config.set_main_option("script_location", str(script_location))
-    script = ScriptDirectory.from_config(config)
-    head = script.get_current_head()
-    with _quiet_alembic():
+        config = Config()
+        config.set_main_option("script_location", str(script_location))
+        script = ScriptDirectory.from_config(config)
+        head = script.get_current_head()
         with engine.connect() as conn:
             if MigrationContext.configure(conn).get_current_revision() == head:
                 return head

@@ -39,8 +39,8 @@ class AirflowClient:
             raise AirflowApiError(f"login as {username!r} failed: HTTP {response.status_code} {response.text[:200]}")
         self.session.headers["Authorization"] = f"Bearer {response.json()['access_token']}"
 
-    def _call(self, method: str, path: str, **kwargs: Any) -> Any:
-        response = self.session.request(method, f"{self.base_url}/api/v2{path}", timeout=self.timeout, **kwargs)
+    def _call(self, method: str, path: str, prefix: str = "/api/v2", **kwargs: Any) -> Any:
+        response = self.session.request(method, f"{self.base_url}{prefix}{path}", timeout=self.timeout, **kwargs)
         if response.status_code >= 400:
             raise AirflowApiError(f"{method} {path}: HTTP {response.status_code} {response.text[:300]}")
         return response.json() if response.content else None
@@ -101,8 +101,11 @@ class AirflowClient:
     def task_instances(self, dag_id: str, run_id: str) -> list[dict]:
         return self._call("GET", f"/dags/{dag_id}/dagRuns/{run_id}/taskInstances")["task_instances"]
 
-    def xcom(self, dag_id: str, run_id: str, task_id: str, key: str = "return_value") -> Any:
-        entry = self._call("GET", f"/dags/{dag_id}/dagRuns/{run_id}/taskInstances/{task_id}/xcomEntries/{key}")
+    def xcom(self, dag_id: str, run_id: str, task_id: str, key: str = "return_value", map_index: int = -1) -> Any:
+        entry = self._call(
+            "GET", f"/dags/{dag_id}/dagRuns/{run_id}/taskInstances/{task_id}/xcomEntries/{key}",
+            params={"map_index": map_index},
+        )
         value = entry.get("value")
         if isinstance(value, str):
             try:
@@ -110,3 +113,19 @@ class AirflowClient:
             except ValueError:
                 return value
         return value
+
+    def task_log(self, dag_id: str, run_id: str, task_id: str, try_number: int | None = None) -> str:
+        """A task instance's log (its latest try unless ``try_number``), as text."""
+        if try_number is None:
+            instance = self._call("GET", f"/dags/{dag_id}/dagRuns/{run_id}/taskInstances/{task_id}")
+            try_number = max(1, int(instance.get("try_number") or 1))
+        document = self._call(
+            "GET", f"/dags/{dag_id}/dagRuns/{run_id}/taskInstances/{task_id}/logs/{try_number}",
+            params={"full_content": "true"}, headers={"Accept": "application/json"},
+        )
+        content = document.get("content", [])
+        return "\n".join(c.get("event", "") if isinstance(c, dict) else str(c) for c in content)
+
+    def edge_workers(self) -> list[dict]:
+        """The edge workers Airflow knows (name, queues, state, last heartbeat): the Edge provider's UI API."""
+        return self._call("GET", "/worker", prefix="/edge_worker/ui")["workers"]

@@ -4,11 +4,13 @@ Trigger in the UI would), and print what happened. The stack keeps running after
 
 from __future__ import annotations
 
+import os
 import time
 from typing import Any
 
 from mledge.ops import stack
 from mledge.ops.airflow_api import AirflowClient, password_for
+from mledge.ops.components import airflow_passwords_file
 from mledge.ops.settings import Settings
 
 DAG_ID = "federated_training"
@@ -30,7 +32,7 @@ def act_as_platform(settings: Settings) -> None:
 
 
 def admin_client(settings: Settings) -> AirflowClient:
-    return AirflowClient(settings.airflow_url, "admin", password_for(stack.airflow_passwords_file(settings), "admin"))
+    return AirflowClient(settings.airflow_url, "admin", password_for(airflow_passwords_file(settings), "admin"))
 
 
 def run_dag(client: AirflowClient, dag_id: str, conf: dict[str, Any], timeout: float) -> dict[str, Any]:
@@ -124,7 +126,7 @@ def print_models() -> None:
 
 def print_footer(settings: Settings) -> None:
     print()
-    print(f"Airflow UI   {settings.airflow_url}  (user admin, password in {stack.airflow_passwords_file(settings)})")
+    print(f"Airflow UI   {settings.airflow_url}  (user admin, password in {airflow_passwords_file(settings)})")
     print(f"MLflow UI    {settings.mlflow_uri}")
     print("Stop it all  make down")
 
@@ -134,10 +136,22 @@ def run_attack_demo(settings: Settings, rounds: int, timeout: float, profile: st
     stack.init_site_data(settings, batches=3)
     stack.up(settings, say=print)
     act_as_platform(settings)
+    # A run may make a site attack only if the site opted in: plant_c's SuperNode does, for this demonstration
+    # only, and is restarted without the opt-in afterwards.
+    before = os.environ.get("MLEDGE_SIMULATION_SITES")
+    os.environ["MLEDGE_SIMULATION_SITES"] = "plant_c"
+    stack.restart(settings, "supernode-plant_c")
     results = {}
-    for strategy in ("fedavg", "fedqv-reputation"):
-        conf = {"rounds": rounds, "strategy": strategy, "attack_site": "plant_c", "attack_profile": profile}
-        results[strategy] = trigger_training(settings, conf, timeout)
+    try:
+        for strategy in ("fedavg", "fedqv-reputation"):
+            conf = {"rounds": rounds, "strategy": strategy, "attack_site": "plant_c", "attack_profile": profile}
+            results[strategy] = trigger_training(settings, conf, timeout)
+    finally:
+        if before is None:
+            os.environ.pop("MLEDGE_SIMULATION_SITES", None)
+        else:
+            os.environ["MLEDGE_SIMULATION_SITES"] = before
+        stack.restart(settings, "supernode-plant_c")
     print(f"\nplant_c attacks with: {profile}")
     print("  strategy           dag run state  final accuracy  recall(failure)  f1(failure)  MLflow run")
     for strategy, facts in results.items():

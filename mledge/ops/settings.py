@@ -2,19 +2,26 @@
 
 | variable                | default                 | meaning                                               |
 |-------------------------|-------------------------|-------------------------------------------------------|
-| MLEDGE_HOME             | <repo>/.state           | data, databases, logs, PID files, secrets             |
+| MLEDGE_HOME             | <repo>/.state           | this deployment's state: platform/, sites/, logs, PIDs|
+| MLEDGE_PLATFORM_HOME    | $MLEDGE_HOME/platform   | the platform's home: databases, secrets, Airflow, MLflow|
+| MLEDGE_DATA_ROOT        | $MLEDGE_HOME/sites      | where each site's home is: <root>/<site> (its store, keys)|
 | MLEDGE_VENVS            | <repo>/.venvs           | the orchestrator and workload environments            |
 | MLEDGE_AIRFLOW_PORT     | 8080                    | Airflow api-server (UI and REST API)                  |
 | MLEDGE_MLFLOW_PORT      | mlflow/server.toml, 5000| MLflow tracking server                                |
-| MLEDGE_SUPERLINK_PORT   | 9091                    | Flower SuperLink (Fleet, Control, Runtime APIs)       |
+| MLEDGE_SUPERLINK_PORT   | 9091                    | Flower SuperLink (all its APIs; the platform side only)|
+| MLEDGE_FLEET_PORT       | 9092                    | the Fleet gateway: what SuperNodes connect to         |
+| MLEDGE_EDGE_PORT        | 8081                    | the Edge gateway: what edge workers connect to        |
 | MLEDGE_SUPERNODE_PORT   | 9094                    | first SuperNode's runtime port; one more per site     |
 | MLEDGE_AIRFLOW_DB_URL   | SQLite in MLEDGE_HOME   | Airflow metadata database (e.g. postgresql+psycopg2://)|
 | MLEDGE_BIND_HOST        | 127.0.0.1               | address the SuperLink, MLflow and Airflow listen on   |
-| MLEDGE_SUPERLINK_ADDRESS| 127.0.0.1:<port>        | where SuperNodes and the flwr CLI reach the SuperLink |
+| MLEDGE_SUPERLINK_ADDRESS| 127.0.0.1:<port>        | where the flwr CLI (platform) reaches the SuperLink   |
+| MLEDGE_FLEET_ADDRESS    | 127.0.0.1:<fleet port>  | where SuperNodes (sites) reach the Fleet gateway      |
+| MLEDGE_EDGE_URL         | https://127.0.0.1:<edge port> | where edge workers (sites) reach the Edge gateway |
 | MLEDGE_SUPERLINK_HOSTNAMES | (none)               | extra names in the SuperLink's TLS certificate        |
 | MLEDGE_MLFLOW_URL       | http://127.0.0.1:<port> | where mledge reaches the tracking server              |
 | MLEDGE_AIRFLOW_URL      | http://127.0.0.1:<port> | where mledge and tasks reach Airflow's api-server     |
 | MLEDGE_MLFLOW_BACKEND_STORE_URI | mlflow/server.toml | MLflow's tracking store (e.g. postgresql+psycopg2://) |
+| MLEDGE_SIMULATION_SITES | (none)                  | sites whose SuperNode obeys a run's simulated attack  |
 """
 
 from __future__ import annotations
@@ -50,6 +57,8 @@ class Settings:
         default_factory=lambda: _port("MLEDGE_MLFLOW_PORT", int(mlflow_server_config()["server"]["port"]))
     )
     superlink_port: int = field(default_factory=lambda: _port("MLEDGE_SUPERLINK_PORT", 9091))
+    fleet_port: int = field(default_factory=lambda: _port("MLEDGE_FLEET_PORT", 9092))
+    edge_port: int = field(default_factory=lambda: _port("MLEDGE_EDGE_PORT", 8081))
     supernode_port: int = field(default_factory=lambda: _port("MLEDGE_SUPERNODE_PORT", 9094))
     airflow_db_url: str | None = field(default_factory=lambda: os.environ.get("MLEDGE_AIRFLOW_DB_URL") or None)
     # Containers listen on every interface and reach each other by service name; the local stack stays on loopback.
@@ -57,11 +66,27 @@ class Settings:
     sites: tuple[str, ...] = SITES
 
     @property
+    def simulation_sites(self) -> tuple[str, ...]:
+        """Sites whose SuperNode accepts a run's simulated attack (MLEDGE_SIMULATION_SITES; none by default)."""
+        return tuple(s.strip() for s in os.environ.get("MLEDGE_SIMULATION_SITES", "").split(",") if s.strip())
+
+    @property
+    def platform_home(self) -> Path:
+        """The platform's home: no site store is in it (central processes get this as their MLEDGE_HOME)."""
+        value = os.environ.get("MLEDGE_PLATFORM_HOME")
+        return Path(value).resolve() if value else self.home / "platform"
+
+    @property
     def data_root(self) -> Path:
-        return self.home / "sites"
+        value = os.environ.get("MLEDGE_DATA_ROOT")
+        return Path(value).resolve() if value else self.home / "sites"
+
+    def site_home(self, site: str) -> Path:
+        """A site's home: its store (batches, incoming, quarantine, drift workspace), its keys, its worker's files."""
+        return self.data_root / site
 
     def site_store(self, site: str) -> Path:
-        return self.data_root / site
+        return self.site_home(site)
 
     @property
     def logs(self) -> Path:
@@ -73,15 +98,19 @@ class Settings:
 
     @property
     def secrets(self) -> Path:
-        return self.home / "secrets"
+        return self.platform_home / "secrets"
 
     @property
     def airflow_home(self) -> Path:
-        return self.home / "airflow"
+        return self.platform_home / "airflow"
 
     @property
     def flwr_home(self) -> Path:
-        return self.home / "flwr"
+        return self.platform_home / "flwr"
+
+    def edge_home(self, site: str) -> Path:
+        """The AIRFLOW_HOME of a site's edge worker (its task logs), inside the site's home."""
+        return self.site_home(site) / "edge"
 
     @property
     def mlflow_uri(self) -> str:
@@ -95,6 +124,14 @@ class Settings:
     def superlink_address(self) -> str:
         return os.environ.get("MLEDGE_SUPERLINK_ADDRESS") or f"127.0.0.1:{self.superlink_port}"
 
+    @property
+    def fleet_address(self) -> str:
+        return os.environ.get("MLEDGE_FLEET_ADDRESS") or f"127.0.0.1:{self.fleet_port}"
+
+    @property
+    def edge_url(self) -> str:
+        return os.environ.get("MLEDGE_EDGE_URL") or f"https://127.0.0.1:{self.edge_port}"
+
     def bin(self, env: str, program: str) -> Path:
         return self.venvs / env / "bin" / program
 
@@ -106,4 +143,4 @@ class Settings:
 
     @property
     def platform_db_url(self) -> str:
-        return platform_db_url(self.home)
+        return platform_db_url(self.platform_home)

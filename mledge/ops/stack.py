@@ -1,11 +1,11 @@
-"""The local stack: start, check and stop MLEDGE's real components as separate processes on 127.0.0.1.
+"""The local stack: start, check and stop MLEDGE's real components as separate processes on this machine.
 
-Components: the MLflow tracking server, a Flower SuperLink (with ``--database``, TLS from the local CA of
-``mledge.pki`` and ``--enable-supernode-auth``), one Flower SuperNode per site (verifying that CA, signing with the
-site's key from ``mledge.node_keys``), and Airflow's api-server, scheduler and dag-processor. Each runs in its own
-process group; its PID is kept in ``$MLEDGE_HOME/run/<name>.pid`` and its output in
-``$MLEDGE_HOME/logs/<name>.log``. Stopping signals exactly those process groups, so nothing a component started
-(gunicorn workers, ClientApp processes) is left behind.
+What runs, as whom and with which environment is mledge/ops/components.py; how a process is started and stopped
+by its PID is mledge/ops/processes.py; who may open which folder is mledge/ops/identities.py. The layout:
+
+    $MLEDGE_HOME/platform/         the platform's home (0700, user mledge-platform when run as root)
+    $MLEDGE_HOME/sites/<site>/     each site's home: its store, keys, CA copy, worker logs (0700, user mledge-<site>)
+    $MLEDGE_HOME/logs, run/        the supervisor's: each component's output and PID (0700, the operator's)
 
 Standard library at import time (TLS and node keys import ``cryptography`` inside functions): the orchestrator
 environment and a container can run it as well.
@@ -13,399 +13,41 @@ environment and a container can run it as well.
 
 from __future__ import annotations
 
-import json
 import os
-import secrets
-import signal
-import socket
+import shutil
 import subprocess
 import time
-import urllib.error
-import urllib.request
-from collections.abc import Callable
-from dataclasses import dataclass, field
-from pathlib import Path
+from collections.abc import Callable, Mapping
 
 from mledge.contracts import FLWR_CONNECTION
-from mledge.ops.settings import Settings, mlflow_server_config
-from mledge.security.files import locked, private_dir, write_private
-
-
-class StackError(RuntimeError):
-    """A component did not start or is not healthy; the message says which and shows its log's end."""
-
-
-@dataclass
-class Component:
-    name: str
-    argv: list[str]
-    env: dict[str, str]
-    healthy: Callable[[], bool]
-    stop_signal: int = signal.SIGTERM
-    cwd: Path | None = None
-    extra: dict = field(default_factory=dict)
-
-
-def _http_ok(url: str) -> Callable[[], bool]:
-    def check() -> bool:
-        try:
-            with urllib.request.urlopen(url, timeout=2) as response:
-                return response.status == 200
-        except (urllib.error.URLError, OSError):
-            return False
-
-    return check
-
-
-def _port_open(port: int) -> Callable[[], bool]:
-    def check() -> bool:
-        with socket.socket() as s:
-            s.settimeout(1)
-            return s.connect_ex(("127.0.0.1", port)) == 0
-
-    return check
-
-
-def _airflow_healthy(url: str) -> Callable[[], bool]:
-    def check() -> bool:
-        try:
-            with urllib.request.urlopen(f"{url}/api/v2/monitor/health", timeout=3) as response:
-                health = json.load(response)
-        except (urllib.error.URLError, OSError, ValueError):
-            return False
-        parts = ("metadatabase", "scheduler", "dag_processor")
-        return all((health.get(p) or {}).get("status") == "healthy" for p in parts)
-
-    return check
-
-
-def ensure_secret_env(settings: Settings) -> dict[str, str]:
-    """Secrets generated on first start, kept in $MLEDGE_HOME/secrets (mode 0600), never in git or code."""
-    path = private_dir(settings.secrets) / "airflow.env"
-    with locked(settings.secrets / ".airflow.lock"):
-        if not path.exists():
-            write_private(
-                path,
-                f"AIRFLOW__API_AUTH__JWT_SECRET={secrets.token_urlsafe(48)}\n"
-                f"AIRFLOW__API__SECRET_KEY={secrets.token_urlsafe(48)}\n",
-            )
-    return dict(line.split("=", 1) for line in path.read_text().splitlines() if "=" in line)
-
-
-def airflow_passwords_file(settings: Settings) -> Path:
-    return settings.secrets / "airflow_passwords.json"
-
-
-AIRFLOW_USERS = {"admin": "admin", "viewer": "viewer"}  # user -> SimpleAuthManager role
-
-
-def ensure_airflow_passwords(settings: Settings) -> Path:
-    """Generate the Airflow users' passwords ourselves, before the api-server's first start.
-
-    SimpleAuthManager generates missing ones itself but also prints them to its log; with every user already in
-    the file it prints nothing.
-    """
-    path = airflow_passwords_file(settings)
-    private_dir(settings.secrets)
-    with locked(settings.secrets / ".airflow.lock"):
-        known = json.loads(path.read_text() or "{}") if path.exists() else {}
-        missing = [user for user in AIRFLOW_USERS if user not in known]
-        if missing:
-            known.update({user: secrets.token_urlsafe(18) for user in missing})
-            write_private(path, json.dumps(known) + "\n")
-    return path
-
-
-def workload_env(settings: Settings) -> dict[str, str]:
-    env = dict(os.environ)
-    env.pop("PYTHONPATH", None)
-    env.update(
-        PATH=f"{settings.bin('workload', '')}{os.pathsep}{env.get('PATH', '')}",
-        MLEDGE_HOME=str(settings.home),
-        MLFLOW_TRACKING_URI=settings.mlflow_uri,
-        FLWR_HOME=str(settings.flwr_home),
-        MLFLOW_SKIP_PIP_REQUIREMENTS_CHECK="true",
-        MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR="false",
-        MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT="true",
-    )
-    return env
-
-
-def airflow_env(settings: Settings) -> dict[str, str]:
-    from mledge.security import mlflow_auth
-
-    env = workload_env(settings)
-    db_url = settings.airflow_db_url or f"sqlite:///{settings.airflow_home / 'airflow.db'}"
-    env.update(ensure_secret_env(settings))
-    env.update(
-        PATH=f"{settings.bin('orchestrator', '')}{os.pathsep}{os.environ.get('PATH', '')}",
-        AIRFLOW_HOME=str(settings.airflow_home),
-        AIRFLOW__CORE__DAGS_FOLDER=str(settings.repo / "dags"),
-        AIRFLOW__CORE__LOAD_EXAMPLES="False",
-        AIRFLOW__CORE__EXECUTOR="LocalExecutor",
-        AIRFLOW__CORE__PARALLELISM="4",  # each slot is a worker process; 4 is plenty on two cores
-        AIRFLOW__DATABASE__SQL_ALCHEMY_CONN=db_url,
-        AIRFLOW__API__HOST=settings.bind_host,
-        AIRFLOW__API__PORT=str(settings.airflow_port),
-        AIRFLOW__API__BASE_URL=settings.airflow_url,
-        AIRFLOW__CORE__EXECUTION_API_SERVER_URL=f"{settings.airflow_url}/execution/",
-        AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_USERS=",".join(f"{u}:{r}" for u, r in AIRFLOW_USERS.items()),
-        AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_PASSWORDS_FILE=str(ensure_airflow_passwords(settings)),
-        AIRFLOW__DAG_PROCESSOR__REFRESH_INTERVAL="30",
-        MLEDGE_BIN=str(settings.bin("workload", "mledge")),
-    )
-    # Airflow tasks act on MLflow as the platform identity (MLFLOW_TRACKING_USERNAME/PASSWORD).
-    env.update(mlflow_auth.client_env(settings, "platform"))
-    return env
-
-
-def write_flwr_config(settings: Settings) -> None:
-    """The `flwr` CLI's connection to our SuperLink ($FLWR_HOME/config.toml), verifying the local CA."""
-    from mledge.security import pki
-
-    settings.flwr_home.mkdir(parents=True, exist_ok=True)
-    (settings.flwr_home / "config.toml").write_text(
-        pki.flwr_connection_toml(FLWR_CONNECTION, settings.superlink_address, pki.tls_files(settings.secrets))
-    )
-
-
-def supernode_registry(settings: Settings) -> Path:
-    """node id -> site of the registered SuperNode keys; beside the SuperLink database it describes."""
-    return settings.home / "flower" / "supernodes.json"
-
-
-def superlink_hostnames() -> list[str]:
-    """Names besides 127.0.0.1/localhost the SuperLink certificate must carry (e.g. the compose service)."""
-    return [n.strip() for n in os.environ.get("MLEDGE_SUPERLINK_HOSTNAMES", "").split(",") if n.strip()]
-
-
-def _supernode_healthy(settings: Settings, site: str, port: int) -> Callable[[], bool]:
-    """Healthy once the SuperLink accepted it: a refused SuperNode opens its port too, then exits (code 305)."""
-    from mledge.security.node_keys import supernode_activated
-
-    port_open = _port_open(port)
-
-    def check() -> bool:
-        path = settings.logs / f"supernode-{site}.log"
-        return port_open() and path.exists() and supernode_activated(path.read_text(errors="replace")) is not None
-
-    return check
-
-
-def components(settings: Settings) -> list[Component]:
-    from mledge.security import mlflow_auth, node_keys, pki
-
-    tls = pki.tls_files(settings.secrets)  # paths only: `up` creates the files before anything starts
-    wl = workload_env(settings)
-    af = airflow_env(settings)
-    # The ServerApp runs in the SuperLink's environment and logs to MLflow as the platform identity; the
-    # SuperNodes (sites) get no MLflow credentials: their ClientApps never call MLflow.
-    superlink_env = {**wl, **mlflow_auth.client_env(settings, "platform")}
-    server = mlflow_server_config(settings.repo)["server"]
-    # Basic-auth: generated config and Flask key (0600, under $MLEDGE_HOME/secrets), inherited auth variables dropped.
-    mlflow_env = mlflow_auth.auth_server_env(
-        settings, {**wl, **mlflow_server_config(settings.repo).get("environment", {})}
-    )
-
-    def under_home(value: str) -> str:
-        return value if "://" in value else str(settings.home / value)
-
-    backend = os.environ.get("MLEDGE_MLFLOW_BACKEND_STORE_URI") or under_home(server["backend_store"])
-    found = [
-        Component(
-            "mlflow",
-            [
-                str(settings.bin("workload", "mlflow")), "server", *mlflow_auth.auth_server_args(settings),
-                "--backend-store-uri", backend if "://" in backend else f"sqlite:///{backend}",
-                "--artifacts-destination", under_home(server["artifacts_destination"]),
-                "--host", settings.bind_host, "--port", str(settings.mlflow_port),
-                "--workers", str(server["workers"]),
-            ],
-            mlflow_env,
-            _http_ok(f"{settings.mlflow_uri}/health"),
-            stop_signal=signal.SIGINT,  # SIGINT shuts gunicorn/uvicorn down cleanly
-        ),
-        Component(
-            "superlink",
-            [
-                str(settings.bin("workload", "flower-superlink")),
-                *pki.superlink_tls_args(tls),
-                *node_keys.superlink_auth_args(),
-                "--disable-runtime-dependency-installation",
-                "--database", str(settings.home / "flower" / "superlink.db"),
-                "--host", settings.bind_host, "--port", str(settings.superlink_port),
-            ],
-            superlink_env,
-            _port_open(settings.superlink_port),
-        ),
-    ]
-    for i, site in enumerate(settings.sites):
-        port = settings.supernode_port + i
-        found.append(
-            Component(
-                f"supernode-{site}",
-                [
-                    str(settings.bin("workload", "flower-supernode")),
-                    *pki.supernode_tls_args(tls),
-                    *node_keys.supernode_auth_args(node_keys.private_key_path(settings.site_store(site))),
-                    "--superlink", settings.superlink_address,
-                    "--node-config", f"site='{site}' data-dir='{settings.site_store(site)}'",
-                    "--host", "127.0.0.1", "--port", str(port),
-                ],
-                wl,
-                _supernode_healthy(settings, site, port),
-            )
-        )
-    airflow = str(settings.bin("orchestrator", "airflow"))
-    found += [
-        Component(
-            "airflow-api-server",
-            [airflow, "api-server", "--host", settings.bind_host, "--port", str(settings.airflow_port)],
-            af,
-            _http_ok(f"{settings.airflow_url}/api/v2/version"),
-        ),
-        Component("airflow-scheduler", [airflow, "scheduler", "--skip-serve-logs"], af, lambda: True),
-        Component("airflow-dag-processor", [airflow, "dag-processor"], af, lambda: True),
-        Component("airflow-triggerer", [airflow, "triggerer"], af, lambda: True),
-    ]
-    return found
-
-
-# --- processes -------------------------------------------------------------------------------------------
-
-
-def _pidfile(settings: Settings, name: str) -> Path:
-    return settings.run_dir / f"{name}.pid"
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    # A zombie child of ours counts as gone.
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().split()[2] != "Z"
-    except OSError:
-        return True
-
-
-def running_pid(settings: Settings, name: str) -> int | None:
-    path = _pidfile(settings, name)
-    if not path.exists():
-        return None
-    pid = int(path.read_text().strip() or 0)
-    return pid if pid and _alive(pid) else None
-
-
-def log_tail(settings: Settings, name: str, lines: int = 25) -> str:
-    path = settings.logs / f"{name}.log"
-    return "\n".join(path.read_text(errors="replace").splitlines()[-lines:]) if path.exists() else "(no log)"
-
-
-def start(settings: Settings, component: Component) -> tuple[int, bool]:
-    """Start a component unless it already runs; returns (pid, started_now)."""
-    pid = running_pid(settings, component.name)
-    if pid:
-        return pid, False
-    settings.logs.mkdir(parents=True, exist_ok=True)
-    settings.run_dir.mkdir(parents=True, exist_ok=True)
-    with open(settings.logs / f"{component.name}.log", "ab") as log:
-        process = subprocess.Popen(
-            component.argv,
-            env=component.env,
-            cwd=component.cwd or settings.home,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL,
-            start_new_session=True,  # its own process group: stopped as a whole, by this PID
-        )
-    _pidfile(settings, component.name).write_text(str(process.pid))
-    return process.pid, True
-
-
-def wait_healthy(settings: Settings, wanted: list[Component], timeout: float) -> None:
-    deadline = time.monotonic() + timeout
-    pending = list(wanted)
-    while pending:
-        for component in list(pending):
-            if not running_pid(settings, component.name):
-                raise StackError(
-                    f"{component.name} exited during start-up{_refusal(settings, component.name)}; end of "
-                    f"{settings.logs}/{component.name}.log:\n" + log_tail(settings, component.name)
-                )
-            if component.healthy():
-                pending.remove(component)
-        if pending and time.monotonic() > deadline:
-            names = ", ".join(c.name for c in pending)
-            raise StackError(
-                f"not healthy within {timeout:.0f}s: {names}; end of its log:\n" + log_tail(settings, pending[0].name)
-            )
-        if pending:
-            time.sleep(0.5)
-
-
-def _refusal(settings: Settings, name: str) -> str:
-    """For a SuperNode the SuperLink refused: why, in one clause."""
-    from mledge.security.node_keys import supernode_refusal
-
-    path = settings.logs / f"{name}.log"
-    if not name.startswith("supernode-") or not path.exists():
-        return ""
-    refusal = supernode_refusal(path.read_text(errors="replace"))
-    return f": {refusal}" if refusal else ""
-
-
-def stop(settings: Settings, name: str, sig: int = signal.SIGTERM, grace: float = 20.0) -> bool:
-    """Stop a component's process group by its recorded PID; returns whether it was running."""
-    path = _pidfile(settings, name)
-    pid = running_pid(settings, name)
-    if pid:
-        try:
-            os.killpg(pid, sig)
-        except ProcessLookupError:
-            pass
-        deadline = time.monotonic() + grace
-        while group_alive(pid) and time.monotonic() < deadline:
-            time.sleep(0.2)
-        if group_alive(pid):
-            os.killpg(pid, signal.SIGKILL)
-        _reap(pid)
-    path.unlink(missing_ok=True)
-    return pid is not None
-
-
-def group_alive(pgid: int) -> bool:
-    """Whether any live (non-zombie) process remains in the process group."""
-    try:
-        os.killpg(pgid, 0)
-    except ProcessLookupError:
-        return False
-    return any(_alive(p) for p in _group_members(pgid))
-
-
-def _group_members(pgid: int) -> list[int]:
-    members = []
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            fields = stat.read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        if int(fields[2]) == pgid:  # field 5 of /proc/PID/stat: process group
-            members.append(int(stat.parent.name))
-    return members
-
-
-def _reap(pid: int) -> None:
-    try:
-        os.waitpid(pid, os.WNOHANG)
-    except ChildProcessError:
-        pass
-
-
-# --- the whole stack --------------------------------------------------------------------------------------
+from mledge.ops import identities
+from mledge.ops.components import (
+    airflow_env,
+    airflow_healthy,
+    components,
+    site_ca,
+    superlink_hostnames,
+    supernode_registry,
+    write_flwr_config,
+)
+from mledge.ops.identities import PLATFORM_USER, Account, site_user
+from mledge.ops.processes import Component, Processes, StackError
+from mledge.ops.settings import Settings
+
+__all__ = ["StackError", "down", "init_site_data", "serve", "status", "superlink_hostnames", "supernode_registry",
+           "up"]
+
+
+def processes(settings: Settings) -> Processes:
+    return Processes(settings.run_dir, settings.logs)
+
+
+def accounts(settings: Settings) -> dict[str, Account | None]:
+    """user name -> Account: the platform's and each site's, created when the stack runs as root; else none."""
+    names = [PLATFORM_USER, *(site_user(s) for s in settings.sites)]
+    if not identities.enforced():
+        return dict.fromkeys(names)
+    return {name: identities.ensure_user(name) for name in names}
 
 
 def init_site_data(settings: Settings, batches: int) -> dict:
@@ -421,11 +63,43 @@ def init_site_data(settings: Settings, batches: int) -> dict:
     return {"data_root": str(settings.data_root), "added": added}
 
 
+def prepare(settings: Settings, users: Mapping[str, Account | None]) -> dict:
+    """Every file the components need before they start, each home owned by its user and private to it.
+
+    The platform's CA, server certificate, secrets and Flower connection in its home; in each site's home its
+    SuperNode key pair (made where it runs: here all sites run on this machine) and a copy of the CA certificate.
+    Returns the sites' node keys.
+    """
+    from mledge.security import node_keys, pki
+
+    identities.traversable([settings.home, settings.data_root])
+    for path in (settings.platform_home / "flower", settings.platform_home / "mlflow", settings.airflow_home):
+        path.mkdir(parents=True, exist_ok=True)
+    tls = pki.ensure_tls(settings.secrets, hostnames=superlink_hostnames())
+    write_flwr_config(settings)
+    keys = {}
+    for site in settings.sites:
+        keys[site] = node_keys.ensure_node_key(site, settings.site_home(site))
+        ca = site_ca(settings, site)
+        ca.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(tls.ca_cert, ca)
+        settings.edge_home(site).mkdir(parents=True, exist_ok=True)
+    return keys
+
+
+def isolate(settings: Settings, users: Mapping[str, Account | None]) -> None:
+    """Each home to its user, 0700 (ownership only when run as root)."""
+    identities.own(settings.platform_home, users.get(PLATFORM_USER))
+    for site in settings.sites:
+        identities.own(settings.site_home(site), users.get(site_user(site)))
+
+
 def migrate_airflow(settings: Settings) -> None:
     settings.airflow_home.mkdir(parents=True, exist_ok=True)
     done = subprocess.run(
         [str(settings.bin("orchestrator", "airflow")), "db", "migrate"],
         env=airflow_env(settings),
+        cwd=settings.platform_home,
         capture_output=True,
         text=True,
     )
@@ -433,38 +107,64 @@ def migrate_airflow(settings: Settings) -> None:
         raise StackError(f"airflow db migrate failed:\n{done.stdout[-2000:]}\n{done.stderr[-3000:]}")
 
 
+def _refusal(settings: Settings) -> Callable[[str], str]:
+    """For a SuperNode the SuperLink refused: why, in one clause."""
+    from mledge.security.node_keys import supernode_refusal
+
+    def why(name: str) -> str:
+        path = processes(settings).log(name)
+        if not name.startswith("supernode-") or not path.exists():
+            return ""
+        refusal = supernode_refusal(path.read_text(errors="replace"))
+        return f": {refusal}" if refusal else ""
+
+    return why
+
+
 def up(settings: Settings, timeout: float = 180.0, say: Callable[[str], None] = print) -> dict[str, int]:
     """Start every component that is not running and wait until all are healthy.
 
-    Order: the local CA and each site's key pair exist; MLflow and the SuperLink start and are healthy; MLflow's
-    users and permission matrix (mlflow/permissions.toml) are applied; each site's public key is registered with
-    the SuperLink; then the SuperNodes and Airflow start.
+    Order: users and homes; the local CA, secrets and each site's key pair; the databases migrated (the platform
+    database, Airflow's); MLflow, the SuperLink and the Fleet gateway; MLflow's users and permission matrix
+    (mlflow/permissions.toml); each site's public key registered with the SuperLink; then Airflow, the Edge
+    gateway, and each site's SuperNode and edge worker.
     """
-    from mledge.security import mlflow_auth, node_keys, pki
+    from mledge.db import migrate
+    from mledge.security import mlflow_auth, node_keys
 
-    for path in (settings.home / "flower", settings.home / "mlflow", settings.data_root):
-        path.mkdir(parents=True, exist_ok=True)
-    pki.ensure_tls(settings.secrets, hostnames=superlink_hostnames())
-    write_flwr_config(settings)
-    # Each site makes its own key where it runs; in the local stack all sites run here.
-    keys = {site: node_keys.ensure_node_key(site, settings.site_store(site)) for site in settings.sites}
-    every = components(settings)
-    if not running_pid(settings, "airflow-api-server"):
+    users = accounts(settings)
+    if not identities.enforced():
+        say(identities.NOT_ENFORCED)
+    else:
+        for env in ("workload", "orchestrator"):
+            why = identities.reachable_by_others(settings.bin(env, "python"))
+            if why:
+                raise StackError(
+                    f"the {env} environment's interpreter cannot run as the components' own users: {why}; rebuild "
+                    "the environments with a Python every user can run (`make clean-venvs setup`; the Makefile "
+                    "prefers /usr/bin/python3.11)"
+                )
+    keys = prepare(settings, users)
+    procs = processes(settings)
+    every = components(settings, settings.logs, users)
+    for component in every:
+        component.environment()  # secrets and configuration files they name exist before the homes are handed over
+    say(f"platform database at revision {migrate(settings.platform_db_url)}")
+    if not procs.running_pid("airflow-api-server"):
         say("migrating the Airflow metadata database")
         migrate_airflow(settings)
-    pids = {}
+    isolate(settings, users)
+    pids: dict[str, int] = {}
 
     def launch(group: list[Component]) -> None:
         for component in group:
-            pid, started = start(settings, component)
+            pid, started = procs.start(component)
             pids[component.name] = pid
-            say(f"{'started' if started else 'running'} {component.name} (pid {pid})")
-        wait_healthy(settings, group, timeout)
+            who = f" as {component.account.name}" if component.account else ""
+            say(f"{'started' if started else 'running'} {component.name}{who} (pid {pid})")
+        procs.wait_healthy(group, timeout, _refusal(settings))
 
-    from mledge.db import migrate
-
-    say(f"platform database at revision {migrate(settings.platform_db_url)}")
-    first = [c for c in every if c.name in ("mlflow", "superlink")]
+    first = [c for c in every if c.name in ("mlflow", "superlink", "gateway-fleet")]
     launch(first)
     # Before anything logs to MLflow: users, the experiments and registered models (made by `platform`), grants.
     applied = mlflow_auth.apply_permissions(settings)
@@ -481,13 +181,16 @@ def up(settings: Settings, timeout: float = 180.0, say: Callable[[str], None] = 
     ):
         say(f"{'registered' if node.newly_registered else 'known'} SuperNode key of {node.site} "
             f"({node.fingerprint}, node {node.node_id})")
-    launch([c for c in every if c not in first])
+    isolate(settings, users)  # what the steps above wrote as root belongs to the platform too
+    platform = [c for c in every if c not in first and c.side == "platform"]
+    launch(platform)
     _wait_airflow(settings, timeout)
+    launch([c for c in every if c.side == "site"])
     return pids
 
 
 def _wait_airflow(settings: Settings, timeout: float) -> None:
-    check = _airflow_healthy(settings.airflow_url)
+    check = airflow_healthy(settings)
     deadline = time.monotonic() + timeout
     while not check():
         if time.monotonic() > deadline:
@@ -498,20 +201,35 @@ def _wait_airflow(settings: Settings, timeout: float) -> None:
         time.sleep(1)
 
 
+def restart(settings: Settings, name: str, timeout: float = 120.0, say: Callable[[str], None] = print) -> int:
+    """Stop one component and start it again with its definition as it is now (e.g. a changed node config)."""
+    found = {c.name: c for c in components(settings, settings.logs, accounts(settings))}
+    if name not in found:
+        raise StackError(f"no component {name!r}; components: {', '.join(found)}")
+    procs = processes(settings)
+    procs.stop(name, found[name].stop_signal)
+    pid, _ = procs.start(found[name])
+    procs.wait_healthy([found[name]], timeout, _refusal(settings))
+    say(f"restarted {name} (pid {pid})")
+    return pid
+
+
 def down(settings: Settings, say: Callable[[str], None] = print) -> list[str]:
-    """Stop every component this stack started, Airflow first (it drives the rest)."""
+    """Stop every component this stack started: the sites first, then Airflow (it drives the rest)."""
+    procs = processes(settings)
     stopped = []
-    for component in reversed(components(settings)):
-        if stop(settings, component.name, component.stop_signal):
+    for component in reversed(components(settings, settings.logs)):
+        if procs.stop(component.name, component.stop_signal):
             stopped.append(component.name)
             say(f"stopped {component.name}")
     return stopped
 
 
 def status(settings: Settings) -> dict[str, dict]:
+    procs = processes(settings)
     return {
-        c.name: {"pid": (pid := running_pid(settings, c.name)), "healthy": bool(pid) and c.healthy()}
-        for c in components(settings)
+        c.name: {"pid": (pid := procs.running_pid(c.name)), "healthy": bool(pid) and c.healthy(), "side": c.side}
+        for c in components(settings, settings.logs)
     }
 
 
@@ -550,14 +268,15 @@ def check_argv(component: Component, required: list[str]) -> None:
 
 def serve(settings: Settings, name: str, required: list[str]) -> None:
     """Become one component (exec): its argv and environment as `up` builds them, the process environment winning."""
-    for path in (settings.home / "flower", settings.home / "mlflow", settings.data_root, settings.logs):
-        path.mkdir(parents=True, exist_ok=True)
-    write_flwr_config(settings)
-    found = {c.name: c for c in components(settings)}
+    found = {c.name: c for c in components(settings, settings.logs)}
     if name not in found:
         raise ServeError(f"no component {name!r}; components: {', '.join(found)}")
     component = found[name]
+    if component.side == "platform":
+        for path in (settings.platform_home / "flower", settings.platform_home / "mlflow", settings.logs):
+            path.mkdir(parents=True, exist_ok=True)
+        write_flwr_config(settings)
     check_argv(component, required)
-    env = {**component.env, **os.environ}
-    os.chdir(component.cwd or settings.home)
+    env = {**component.environment(), **os.environ}
+    os.chdir(component.home)
     os.execvpe(component.argv[0], component.argv, env)

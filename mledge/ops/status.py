@@ -10,6 +10,9 @@ from mledge.ops import stack
 from mledge.ops.settings import Settings
 
 NODE_ID = re.compile(r"SuperNode ID: (\d+)")
+# Edge worker states (apache-airflow-providers-edge3) in which a worker serves its queue.
+SERVING = ("starting", "running", "idle")
+
 
 
 def supernode_id(settings: Settings, site: str) -> str | None:
@@ -72,12 +75,39 @@ def _log(settings: Settings, name: str) -> str:
     return path.read_text(errors="replace") if path.exists() else ""
 
 
+def edge_workers(settings: Settings, user: str = "admin") -> list[dict]:
+    """The edge workers Airflow knows, read through its API as ``user`` (whose password the platform keeps)."""
+    from mledge.ops.airflow_api import AirflowClient, password_for
+    from mledge.ops.components import airflow_passwords_file
+
+    password = password_for(airflow_passwords_file(settings), user)
+    return AirflowClient(settings.airflow_url, user, password).edge_workers()
+
+
+def site_worker(workers: list[dict], site: str) -> dict[str, Any]:
+    """The site's edge worker among ``workers``: whether it serves the site's queue now, its state, heartbeat."""
+    serving = [w for w in workers if site in (w.get("queues") or [])]
+    connected = [w for w in serving if w["state"] in SERVING]
+    seen = (connected or serving or [None])[0]
+    return {
+        "site": site,
+        "connected": bool(connected),
+        "worker": seen["worker_name"] if seen else None,
+        "state": seen["state"] if seen else "never registered",
+        "last_heartbeat": seen.get("last_heartbeat") if seen else None,
+    }
+
+
 def collect(settings: Settings) -> dict[str, Any]:
     from mledge.onsite.store import batch_paths
     from mledge.security.node_keys import public_key_path, refused_nodes, supernode_refusal
 
     components = stack.status(settings)
     online, runs, flower_error = _flower(settings)
+    try:
+        workers, workers_error = edge_workers(settings), None
+    except Exception as exc:  # Airflow being down is a fact to report, not a crash
+        workers, workers_error = [], f"{exc.__class__.__name__}: {exc}"
     sites = []
     for site in settings.sites:
         node_id = supernode_id(settings, site)
@@ -92,6 +122,10 @@ def collect(settings: Settings) -> dict[str, Any]:
                 "connected": bool(process.get("pid")) and node_id in online,
                 # Why it is not connected, when the SuperLink refused its key (None otherwise).
                 "refused": supernode_refusal(_log(settings, f"supernode-{site}")),
+                "edge_worker": {
+                    "pid": components.get(f"edge-worker-{site}", {}).get("pid"),
+                    **site_worker(workers, site),
+                },
             }
         )
     site_keys = {s: public_key_path(settings.site_store(s)) for s in settings.sites}
@@ -109,6 +143,7 @@ def collect(settings: Settings) -> dict[str, Any]:
             # Sites (or unknown keys) whose SuperNode the SuperLink refused since it started.
             "refused": refused_nodes(_log(settings, "superlink"), site_keys),
         },
+        "edge_workers_error": workers_error,
         "flower_runs": runs,
         "registered_models": models,
         "registry_error": models_error,

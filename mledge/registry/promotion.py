@@ -30,6 +30,7 @@ from mledge.contracts import (
     TAG_DECISION,
     TAG_DRIFT_ALERTS,
     TAG_FLOWER_RUN,
+    TAG_MODEL_RUN,
     TAG_MODEL_URI,
     TAG_PREVIOUS_CHAMPION,
     TAG_REASON,
@@ -37,6 +38,7 @@ from mledge.contracts import (
     TAG_STRATEGY,
     data_window_tag,
     site_model_name,
+    site_model_run_tag,
     site_model_tag,
 )
 
@@ -187,7 +189,9 @@ def promote(
     }
 
     global_tags = {**lineage, **{data_window_tag(s): e.data_window for s, e in sites.items() if e.data_window}}
-    version = _register(client, name, tags[TAG_MODEL_URI], run.info.run_id, global_tags)
+    # A model's own run (the ServerApp logs each model apart: mledge.contracts.GLOBAL_MODELS_EXPERIMENT); runs of
+    # earlier releases logged it in the training run itself.
+    version = _register(client, name, tags[TAG_MODEL_URI], tags.get(TAG_MODEL_RUN, run.info.run_id), global_tags)
     champion_now = aliases_of(client, name).get(CHAMPION)
     decision = _gate(
         version,
@@ -207,7 +211,8 @@ def promote(
             continue
         site_name = site_model_name(site)
         site_tags = {**lineage, TAG_SITE: site, data_window_tag(site): entry.recent_window}
-        site_version = _register(client, site_name, uri, run.info.run_id, site_tags)
+        model_run = tags.get(site_model_run_tag(site), run.info.run_id)
+        site_version = _register(client, site_name, uri, model_run, site_tags)
         site_champion_now = aliases_of(client, site_name).get(CHAMPION)
         site_decision = _gate(
             site_version,

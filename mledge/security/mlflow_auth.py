@@ -233,7 +233,7 @@ def auth_config_file(settings: Settings) -> Path:
 
 def auth_db_uri(settings: Settings) -> str:
     """The auth app's own database: ``$MLEDGE_MLFLOW_AUTH_DB_URL``, else SQLite under MLEDGE_HOME."""
-    return os.environ.get(AUTH_DB_ENV) or f"sqlite:///{settings.home / 'mlflow' / 'basic_auth.db'}"
+    return os.environ.get(AUTH_DB_ENV) or f"sqlite:///{settings.platform_home / 'mlflow' / 'basic_auth.db'}"
 
 
 def _locked(settings: Settings):

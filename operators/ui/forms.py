@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import os
 import re
 from collections.abc import Mapping
@@ -93,7 +94,7 @@ def report_query(
 
 
 def _number(values: Mapping[str, Any], key: str, kind: type, problems: dict[str, str], *, minimum: float,
-            required: bool = True, default: Any = None) -> Any:
+            maximum: float, required: bool = True, default: Any = None) -> Any:
     raw = _text(values, key)
     if not raw:
         if required:
@@ -104,18 +105,23 @@ def _number(values: Mapping[str, Any], key: str, kind: type, problems: dict[str,
     except ValueError:
         problems[key] = f"{raw!r} is not {'a whole number' if kind is int else 'a number'}"
         return default
-    if number != number or number < minimum:  # NaN, or below the minimum
+    if not math.isfinite(number):  # NaN and infinities parse as floats
+        problems[key] = f"{raw!r} is not a finite number"
+    elif number < minimum:
         problems[key] = f"{raw} is below {minimum:g}"
+    elif number > maximum:
+        problems[key] = f"{raw} is above {maximum:g}"
     return number
 
 
 def template(values: Mapping[str, Any]) -> Template:
     """The recommendation form: vCPUs, memory (GiB), GPU count and class, optional regions and hours."""
     problems: dict[str, str] = {}
-    vcpus = _number(values, "vcpus", int, problems, minimum=1)
-    memory = _number(values, "memory_gib", float, problems, minimum=0.5)
-    gpus = _number(values, "gpus", int, problems, minimum=0, required=False, default=0)
-    hours = _number(values, "hours", float, problems, minimum=0.01, required=False)
+    # Upper bounds: the largest machines the price catalogue could list, and a year of hours.
+    vcpus = _number(values, "vcpus", int, problems, minimum=1, maximum=1024)
+    memory = _number(values, "memory_gib", float, problems, minimum=0.5, maximum=32768)
+    gpus = _number(values, "gpus", int, problems, minimum=0, maximum=64, required=False, default=0)
+    hours = _number(values, "hours", float, problems, minimum=0.01, maximum=8784, required=False)
     gpu_class = _text(values, "gpu_class")
     if gpu_class and not _NAME.match(gpu_class):
         problems["gpu_class"] = f"{gpu_class!r} is not a GPU class such as T4 or A100"

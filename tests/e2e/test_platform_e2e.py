@@ -18,6 +18,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 import requests
+from conftest import run_mledge, stack_env, stack_ports
 
 from mledge.contracts import GLOBAL_MODEL
 from mledge.ops.airflow_api import AirflowApiError, AirflowClient, password_for
@@ -25,8 +26,8 @@ from mledge.ops.stack import group_alive
 
 pytestmark = pytest.mark.e2e
 
-BIN = Path(sys.executable).parent
 DAG_ID = "federated_training"
+WORKER_WAIT_S = 45  # how long a site's tasks wait for its edge worker before failing, naming it
 SITES = ("plant_a", "plant_b", "plant_c")
 
 
@@ -54,20 +55,20 @@ def airflow_db_url():
 class Platform:
     def __init__(self, home: Path, env: dict[str, str], airflow_port: int, mlflow_port: int) -> None:
         self.home, self.env = home, env
+        self.platform_home, self.sites = home / "platform", home / "sites"
+        self.secrets = self.platform_home / "secrets"
         self.airflow_url = f"http://127.0.0.1:{airflow_port}"
         self.mlflow_url = f"http://127.0.0.1:{mlflow_port}"
 
     def mledge(self, *args: str, timeout: float = 300) -> subprocess.CompletedProcess:
-        return subprocess.run(
-            [str(BIN / "mledge"), *args], env=self.env, capture_output=True, text=True, timeout=timeout
-        )
+        return run_mledge(self.env, *args, timeout=timeout)
 
     def airflow(self, user: str = "admin") -> AirflowClient:
-        password = password_for(self.home / "secrets" / "airflow_passwords.json", user)
+        password = password_for(self.secrets / "airflow_passwords.json", user)
         return AirflowClient(self.airflow_url, user, password)
 
     def mlflow_login(self, identity: str = "platform") -> tuple[str, str]:
-        users = json.loads((self.home / "secrets" / "mlflow_users.json").read_text())["users"]
+        users = json.loads((self.secrets / "mlflow_users.json").read_text())["users"]
         return identity, users[identity]
 
     def mlflow(self, path: str, identity: str = "platform", **params) -> dict:
@@ -89,28 +90,24 @@ class Platform:
 
 
 @pytest.fixture(scope="module")
-def platform(tmp_path_factory, airflow_db_url, free_ports):
-    home = tmp_path_factory.mktemp("mledge-home")
-    airflow_port, mlflow_port, superlink_port, *supernode_ports = free_ports(3 + len(SITES), start=21000)
-    env = {k: v for k, v in os.environ.items() if k not in ("MLFLOW_TRACKING_URI", "FLWR_HOME", "PYTHONPATH")}
+def platform(deployment_home, airflow_db_url, free_ports):
+    home = deployment_home
+    ports = stack_ports(free_ports, start=21000)
     schedule = home / "drift-schedule.json"  # plant_b's sensor reads 1.5 K high from its 3rd batch
     schedule.write_text(json.dumps([{"site": "plant_b", "onset_batch": 3, "kind": "sensor_offset", "offset_k": 1.5}]))
-    env.update(
+    os.chmod(schedule, 0o644)  # the sites' collection reads it
+    env = stack_env(
+        home,
+        ports,
         # Only the test's own triggers run: the scheduled collection and evaluation wait for New Year.
         MLEDGE_COLLECTION_SCHEDULE="0 0 1 1 *",
         MLEDGE_DRIFT_SCHEDULE_CRON="0 0 1 1 *",
         MLEDGE_DRIFT_SCHEDULE=str(schedule),
-        MLEDGE_HOME=str(home),
-        MLEDGE_AIRFLOW_PORT=str(airflow_port),
-        MLEDGE_MLFLOW_PORT=str(mlflow_port),
-        MLEDGE_SUPERLINK_PORT=str(superlink_port),
-        MLEDGE_SUPERNODE_PORT=str(supernode_ports[0]),
+        MLEDGE_EDGE_WORKER_WAIT_S=str(WORKER_WAIT_S),
     )
     if airflow_db_url:
         env["MLEDGE_AIRFLOW_DB_URL"] = airflow_db_url
-    else:
-        env.pop("MLEDGE_AIRFLOW_DB_URL", None)
-    stack = Platform(home, env, airflow_port, mlflow_port)
+    stack = Platform(home, env, ports["airflow"], ports["mlflow"])
     try:
         up = stack.mledge("stack", "up", "--batches", "2")
         assert up.returncode == 0, f"stack up failed:\n{up.stderr[-3000:]}\n{stack.logs()}"
@@ -122,6 +119,13 @@ def platform(tmp_path_factory, airflow_db_url, free_ports):
     for name, pid in pids.items():  # every process group the stack started is gone
         assert not group_alive(pid), name
         assert not (home / "run" / f"{name}.pid").exists()
+
+
+def site_owns(site_home: Path, *paths: Path) -> None:
+    """Files the test puts in a site's store belong to the site's user, like those its own processes write."""
+    owner = site_home.stat()
+    for path in paths:
+        os.chown(path, owner.st_uid, owner.st_gid)
 
 
 def run_dag(platform: Platform, dag_id: str, conf: dict) -> tuple[str, str, dict[str, str]]:
@@ -198,7 +202,7 @@ def test_first_run_trains_logs_and_becomes_champion(platform):
 def test_second_run_survives_a_malformed_site_and_passes_the_gate(platform):
     # plant_c receives a batch with missing torque values: it must fail by name, the others must go on.
     # (A batch corrupted after it was accepted: collection's validation cannot have caught it.)
-    store = platform.home / "sites" / "plant_c" / "batches"
+    store = platform.sites / "plant_c" / "batches"
     frame = pd.read_csv(store / "batch-000001.csv")
     frame.loc[::7, "torque_nm"] = None
     bad = store / "batch-000003.csv"
@@ -226,23 +230,24 @@ def test_second_run_survives_a_malformed_site_and_passes_the_gate(platform):
 
 
 def test_collection_quarantines_a_malformed_batch_and_the_run_says_so(platform):
-    incoming = platform.home / "sites" / "plant_c" / "incoming"
+    incoming = platform.sites / "plant_c" / "incoming"
     incoming.mkdir(parents=True, exist_ok=True)
-    frame = pd.read_csv(platform.home / "sites" / "plant_c" / "batches" / "batch-000001.csv")
+    frame = pd.read_csv(platform.sites / "plant_c" / "batches" / "batch-000001.csv")
     malformed = incoming / "mes-export-0001.csv"
     frame.drop(columns=["torque_nm"]).to_csv(malformed, index=False)
+    site_owns(platform.sites / "plant_c", incoming, malformed)  # dropped there by the site's own export
     content = malformed.read_bytes()
 
     run_id, state, tasks = run_dag(platform, "data_collection", {"rows": 1000})
     assert state == "failed", tasks
     assert tasks["check_quarantine"] == "failed"
-    assert all(state == "success" for task, state in tasks.items() if task.startswith("collect["))
-    quarantine = platform.home / "sites" / "plant_c" / "quarantine"
+    assert all(tasks[f"{site}.collect"] == "success" for site in SITES)
+    quarantine = platform.sites / "plant_c" / "quarantine"
     assert (quarantine / "mes-export-0001.csv").read_bytes() == content  # moved, never changed or dropped
     reason = json.loads(next(quarantine.glob("mes-export-0001.csv*.json")).read_text())
     assert "torque_nm" in json.dumps(reason)
     for site in SITES:  # the generated batch of every site was accepted
-        assert (platform.home / "sites" / site / "batches" / "batch-000003.csv").exists()
+        assert (platform.sites / site / "batches" / "batch-000003.csv").exists()
 
 
 def test_drift_at_plant_b_triggers_retraining_through_the_asset(platform):
@@ -280,6 +285,113 @@ def test_drift_at_plant_b_triggers_retraining_through_the_asset(platform):
         assert site_aliases(platform, site)["champion"] in {"1", "2", expected}
 
 
+def test_site_tasks_ran_on_their_own_sites_edge_worker(platform):
+    client = platform.airflow()
+    run = client.runs("data_collection", state="success", limit=1)[0]
+    instances = {t["task_id"]: t for t in client.task_instances("data_collection", run["dag_run_id"])}
+    for site in SITES:
+        collect = instances[f"{site}.collect"]
+        assert (collect["queue"], collect["executor"]) == (site, "EdgeExecutor"), collect
+        assert collect["hostname"] == f"edge-{site}", collect  # the site's worker ran it, no other
+    assert instances["check_quarantine"]["queue"] == "default"  # the platform's task, at the platform
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="own Unix users need root (CI runs as root)")
+def test_each_component_runs_as_its_own_user(platform):
+    import pwd
+
+    def user_of(pid: int) -> str:
+        uid = next(int(line.split()[1]) for line in Path(f"/proc/{pid}/status").read_text().splitlines()
+                   if line.startswith("Uid:"))
+        return pwd.getpwuid(uid).pw_name
+
+    running = json.loads(platform.mledge("stack", "status").stdout)
+    for name, state in running.items():
+        expected = "mledge-platform" if state["side"] == "platform" else f"mledge-{name.split('-')[-1]}"
+        assert state["pid"] and user_of(state["pid"]) == expected, (name, state)
+    # The platform's home and each site's are private to their users.
+    assert platform.platform_home.stat().st_mode & 0o777 == 0o700
+    assert all((platform.sites / site).stat().st_mode & 0o777 == 0o700 for site in SITES)
+
+
+def test_a_site_whose_worker_is_offline_fails_by_name_and_the_others_finish(platform):
+    down = subprocess.run(
+        [sys.executable, "-c", "import sys; from mledge.ops.settings import Settings; from mledge.ops.stack import "
+         "processes; sys.exit(0 if processes(Settings()).stop('edge-worker-plant_c') else 1)"],
+        env=platform.env, capture_output=True, text=True,
+    )
+    assert down.returncode == 0, down.stderr
+    try:
+        run_id, state, tasks = run_dag(platform, "data_collection", {"rows": 200})
+        assert state == "failed", tasks
+        assert tasks["plant_c.edge_worker"] == "failed" and tasks["plant_c.collect"] == "upstream_failed"
+        assert all(tasks[f"{site}.collect"] == "success" for site in ("plant_a", "plant_b"))
+        log = platform.airflow().task_log("data_collection", run_id, "plant_c.edge_worker")
+        assert "site plant_c: edge worker not connected" in log
+        summary = platform.airflow().task_log("data_collection", run_id, "check_quarantine")
+        assert "plant_c: no batch collected" in summary
+    finally:
+        up = platform.mledge("stack", "up", timeout=600)  # the worker comes back ...
+        assert up.returncode == 0, up.stderr
+    _, state, tasks = run_dag(platform, "data_collection", {"rows": 200})  # ... and serves the next run
+    assert state == "success", tasks
+
+
+def _feature_tuples(platform: Platform) -> set[tuple[str, ...]]:
+    """Every row of every site as its five readings, written as the store writes them."""
+    found = set()
+    for path in platform.sites.glob("*/batches/*.csv"):
+        frame = pd.read_csv(path, dtype=str)
+        columns = ["air_temperature_k", "process_temperature_k", "rotational_speed_rpm", "torque_nm", "tool_wear_min"]
+        found |= set(map(tuple, frame[columns].to_numpy()))
+    return found
+
+
+NUMBER = r"-?\d+(?:\.\d+)?"
+
+
+def _row_leaks(text: str, rows: set[tuple[str, ...]]) -> list[tuple[str, ...]]:
+    """Rows of ``rows`` whose five readings appear in ``text`` in order, as CSV or as a JSON/Python list."""
+    import re
+
+    separator = r"['\"]?[,;\s]+['\"]?"
+    # A lookahead at every number's start: overlapping windows of five numbers, whatever the quoting.
+    pattern = re.compile(rf"(?<![\d.])(?=({NUMBER}){separator}({NUMBER}){separator}({NUMBER}){separator}({NUMBER})"
+                         rf"{separator}({NUMBER}))")
+    return [m.groups() for m in pattern.finditer(text) if m.groups() in rows]
+
+
+def test_no_raw_row_of_any_site_reached_the_platform(platform, airflow_db_url):
+    """XComs, task logs, the Airflow database and MLflow's artifacts: no site's row, as its exact readings."""
+    rows = _feature_tuples(platform)
+    assert len(rows) > 1000
+    texts: dict[str, str] = {}
+    client = platform.airflow()
+    for dag_id in ("federated_training", "data_collection", "concept_drift_evaluation"):
+        for run in client.runs(dag_id):
+            for task in client.task_instances(dag_id, run["dag_run_id"]):
+                if task["state"] == "success":
+                    texts[f"xcom {dag_id} {task['task_id']}"] = json.dumps(
+                        client.xcom(dag_id, run["dag_run_id"], task["task_id"], map_index=task.get("map_index", -1))
+                    )
+    for path in (platform.platform_home / "airflow" / "logs").rglob("*"):
+        if path.is_file():
+            texts[str(path)] = path.read_text(errors="replace")
+    for path in (platform.platform_home / "mlflow").rglob("*"):
+        if path.is_file() and path.stat().st_size < 20_000_000:
+            texts[str(path)] = path.read_bytes().decode("latin-1")
+    if airflow_db_url:
+        import psycopg2
+
+        with psycopg2.connect(airflow_db_url.replace("postgresql+psycopg2", "postgresql")) as db, db.cursor() as cur:
+            cur.execute("SELECT table_name FROM information_schema.tables WHERE table_schema = 'public'")
+            for (table,) in cur.fetchall():
+                cur.execute(f'SELECT * FROM "{table}"')
+                texts[f"airflow db {table}"] = "\n".join(map(str, cur.fetchall()))
+    leaks = {where: found[:3] for where, text in texts.items() if (found := _row_leaks(text, rows))}
+    assert leaks == {}
+
+
 def test_mlflow_refuses_anonymous_and_other_sites(platform):
     url = f"{platform.mlflow_url}/api/2.0/mlflow/registered-models/get"
     assert requests.get(url, params={"name": GLOBAL_MODEL}, timeout=30).status_code == 401
@@ -313,6 +425,10 @@ def test_status_reports_sites_runs_and_models(platform):
     assert done.returncode == 0, done.stderr
     status = json.loads(done.stdout)
     assert [(s["site"], s["connected"]) for s in status["sites"]] == [(s, True) for s in SITES]
+    for site in status["sites"]:  # each site's edge worker: connected, serving the queue named after it
+        worker = site["edge_worker"]
+        assert (worker["connected"], worker["worker"]) == (True, f"edge-{site['site']}"), worker
+        assert worker["last_heartbeat"]
     assert status["superlink"]["online_nodes"] == 3
     assert {r["status"] for r in status["flower_runs"]} == {"finished:completed"}
     (model,) = [m for m in status["registered_models"] if m["name"] == GLOBAL_MODEL]
@@ -323,7 +439,7 @@ def test_status_reports_sites_runs_and_models(platform):
 def known_secrets(home: Path) -> dict[str, str]:
     """Every secret the stack generated, by where it is kept: values of at least 8 characters."""
     found: dict[str, str] = {}
-    for path in sorted((home / "secrets").rglob("*")):
+    for path in sorted((home / "platform" / "secrets").rglob("*")):
         if not path.is_file() or path.suffix in (".pem", ".crt", ".pub"):
             continue
         text = path.read_text(errors="replace")
@@ -348,7 +464,8 @@ def test_no_secret_in_logs_or_xcom(platform):
     secrets = known_secrets(platform.home)
     assert any("admin" in where for where in secrets), sorted(secrets)
     logs = [p for p in platform.home.rglob("*.log") if p.is_file()]
-    logs += [p for p in (platform.home / "airflow" / "logs").rglob("*") if p.is_file()]
+    logs += [p for p in (platform.platform_home / "airflow" / "logs").rglob("*") if p.is_file()]
+    logs += [p for p in platform.sites.glob("*/edge/logs/**/*") if p.is_file()]
     assert logs
     leaks = [
         f"{where} in {path.relative_to(platform.home)}"

@@ -184,8 +184,8 @@ def test_a_scaling_attacker_sends_its_update_boosted(plant_a_store, instruction)
     assert metrics["num-examples"] == 5 * 1600  # and it lies about its sample count
 
 
-def test_a_run_config_simulation_poisons_only_the_named_site(plant_a_store, instruction):
-    node_config = {"site": "plant_a", "data-dir": str(plant_a_store)}
+def test_a_run_config_simulation_poisons_only_the_named_site_that_opted_in(plant_a_store, instruction):
+    node_config = {"site": "plant_a", "data-dir": str(plant_a_store), "accept-simulated-attacks": "true"}
     received, honest, _ = _train_state(plant_a_store, instruction, node_config)
     flip = {"attack-site": "plant_a", "attack-profile": "attack='sign-flip'"}
     _, flipped, _ = _train_state(plant_a_store, instruction, node_config, run_config=flip)
@@ -194,6 +194,18 @@ def test_a_run_config_simulation_poisons_only_the_named_site(plant_a_store, inst
     elsewhere = {"attack-site": "plant_b", "attack-profile": "attack='sign-flip'"}
     _, untouched, _ = _train_state(plant_a_store, instruction, node_config, run_config=elsewhere)
     assert all(torch.equal(untouched[k], honest[k]) for k in honest)
+
+
+def test_a_run_cannot_make_a_site_that_did_not_opt_in_attack(plant_a_store, instruction):
+    """Whoever may trigger training cannot turn a real site into an attacker (security finding 6)."""
+    node_config = {"site": "plant_a", "data-dir": str(plant_a_store)}
+    _, honest, honest_metrics = _train_state(plant_a_store, instruction, node_config)
+    for opt_in in (None, "false", "yes-please"):
+        config = node_config if opt_in is None else {**node_config, "accept-simulated-attacks": opt_in}
+        run = {"attack-site": "plant_a", "attack-profile": "attack='sign-flip' attack-samples-factor=9"}
+        _, sent, metrics = _train_state(plant_a_store, instruction, config, run_config=run)
+        assert all(torch.equal(sent[k], honest[k]) for k in honest)
+        assert metrics["num-examples"] == honest_metrics["num-examples"]
 
 
 def test_an_attack_that_needs_other_sites_updates_fails_clearly_on_a_real_node(plant_a_store, instruction):

@@ -72,15 +72,20 @@ def test_matrix_names_are_the_ones_the_code_uses():
 
 
 def test_matrix_is_least_privilege():
-    from mledge.contracts import SITES
+    from mledge.contracts import GLOBAL_MODELS_EXPERIMENT, SITES, drift_experiment, site_models_experiment
 
     assert [i.name for i in MATRIX.creators] == ["platform"]
     for site in SITES:
         held = {str(r): MATRIX.granted(site, r) for r in MATRIX.resources if MATRIX.granted(site, r)}
-        # Read-only, and nothing that names another site.
-        assert set(held.values()) == {"READ"}
+        # Read-only but for writing its own drift runs (at the site), and nothing that names another site.
+        assert held == {
+            "registered_model:global-axis_failures-federated": "READ",
+            f"registered_model:{site}-axis_failures-federated": "READ",
+            f"experiment:{GLOBAL_MODELS_EXPERIMENT}": "READ",
+            f"experiment:{site_models_experiment(site)}": "READ",
+            f"experiment:{drift_experiment(site)}": "EDIT",
+        }
         assert not [name for name in held if any(other in name for other in SITES if other != site)]
-        assert "registered_model:global-axis_failures-federated" in held
 
 
 @pytest.mark.parametrize(

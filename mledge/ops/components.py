@@ -1,0 +1,407 @@
+"""What the local stack runs: each component's command line, user, home and environment.
+
+Platform side (user ``mledge-platform``, home ``<MLEDGE_HOME>/platform``, no site store in it): the MLflow
+tracking server, the Flower SuperLink (all its APIs on the platform side only), Airflow's api-server, scheduler,
+dag-processor and triggerer, and two gateways that are the only doors for sites: ``gateway-fleet`` (Flower's Fleet
+API) and ``gateway-edge`` (Airflow's Edge worker and Execution APIs); see mledge/ops/gateway.py.
+
+Site side, per site (user ``mledge-<site>``, home ``<MLEDGE_HOME>/sites/<site>``: its store, its keys, its
+worker's logs): the Flower SuperNode and the Airflow edge worker serving the queue named after the site. Both only
+open outbound connections, to the gateways.
+
+Every environment is built from an allow-list (``_base_env`` and the additions of each side): no component
+inherits the supervisor's environment, so no site process holds a platform credential or database URL, and the
+telemetry of every library that phones home is off.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import signal
+import urllib.error
+import urllib.request
+from collections.abc import Callable, Mapping
+from functools import cache, partial
+from pathlib import Path
+
+from mledge.contracts import FLWR_CONNECTION, SUPERNODE_REGISTRY
+from mledge.ops.identities import PLATFORM_USER, Account, site_user
+from mledge.ops.processes import Component, http_ok, port_open
+from mledge.ops.settings import Settings, mlflow_server_config
+from mledge.security.files import locked, private_dir, write_private
+
+EXECUTORS = "LocalExecutor,airflow.providers.edge3.executors.EdgeExecutor"
+# user -> SimpleAuthManager role; "platform" is the platform's own tasks reading Airflow (edge workers' state).
+AIRFLOW_USERS = {"admin": "admin", "viewer": "viewer", "platform": "viewer"}
+# Telemetry of every library that would phone home: off (an offline platform bound to privacy).
+TELEMETRY_OFF = {
+    "MLFLOW_DISABLE_TELEMETRY": "true",
+    "DO_NOT_TRACK": "true",  # MLflow, Evidently and others honour it
+    "FLWR_TELEMETRY_ENABLED": "0",
+}
+# MLEDGE_* variables that carry a credential or a database URL: the platform's processes only.
+PLATFORM_ONLY = (
+    "MLEDGE_AIRFLOW_DB_URL",
+    "MLEDGE_PLATFORM_DB_URL",
+    "MLEDGE_COST_DB_URL",
+    "MLEDGE_MLFLOW_BACKEND_STORE_URI",
+    "MLEDGE_MLFLOW_AUTH_DB_URL",
+    "MLEDGE_COST_SOURCES",
+)
+# Set per component, never passed through.
+PER_COMPONENT = ("MLEDGE_HOME", "MLEDGE_PLATFORM_HOME", "MLEDGE_DATA_ROOT", "MLEDGE_SITE", "MLEDGE_BIN")
+SYSTEM = ("LANG", "LC_ALL", "TZ")
+
+
+def _base_env(settings: Settings, home: Path, environ: Mapping[str, str], *bins: str) -> dict[str, str]:
+    """What every component gets: a PATH to its environment(s), its home, the deployment's non-secret MLEDGE_*
+    settings (schedules, ports, URLs) and telemetry off. Nothing else of the supervisor's environment."""
+    env = {k: environ[k] for k in SYSTEM if k in environ}
+    env.update(
+        {k: v for k, v in environ.items() if k.startswith("MLEDGE_") and k not in PLATFORM_ONLY + PER_COMPONENT}
+    )
+    path = [str(settings.bin(b, "")).rstrip("/") for b in bins] + ["/usr/local/bin", "/usr/bin", "/bin"]
+    env.update(
+        PATH=os.pathsep.join(path),
+        HOME=str(home),
+        MLEDGE_HOME=str(home),
+        MLEDGE_VENVS=str(settings.venvs),
+        MLEDGE_MLFLOW_URL=settings.mlflow_uri,
+        MLEDGE_AIRFLOW_URL=settings.airflow_url,
+        MLFLOW_TRACKING_URI=settings.mlflow_uri,
+        MLFLOW_SKIP_PIP_REQUIREMENTS_CHECK="true",
+        MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR="false",
+        MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT="true",
+        PYTHONDONTWRITEBYTECODE="1",  # the venvs are shared and read-only to the components' users
+        **TELEMETRY_OFF,
+    )
+    return env
+
+
+def platform_env(settings: Settings, environ: Mapping[str, str] = os.environ) -> dict[str, str]:
+    """The platform's processes: its home, its databases, its Flower connection, the ``platform`` MLflow identity."""
+    from mledge.security import mlflow_auth
+
+    home = settings.platform_home
+    env = _base_env(settings, home, environ, "workload")
+    env.update({k: environ[k] for k in PLATFORM_ONLY if k in environ})
+    env.update(
+        MLEDGE_PLATFORM_HOME=str(home),
+        MLEDGE_SUPERLINK_ADDRESS=settings.superlink_address,
+        FLWR_HOME=str(settings.flwr_home),
+        **mlflow_auth.client_env(settings, "platform"),
+    )
+    return env
+
+
+def site_env(settings: Settings, site: str, environ: Mapping[str, str] = os.environ) -> dict[str, str]:
+    """A site's processes: its own home and store, its own MLflow identity, the platform's CA to verify TLS."""
+    from mledge.security import mlflow_auth
+
+    home = settings.site_home(site)
+    ca = site_ca(settings, site)
+    env = _base_env(settings, home, environ, "workload")
+    env.update(
+        MLEDGE_DATA_ROOT=str(settings.data_root),
+        MLEDGE_SITE=site,
+        REQUESTS_CA_BUNDLE=str(ca),
+        SSL_CERT_FILE=str(ca),
+        **mlflow_auth.client_env(settings, site),
+    )
+    return env
+
+
+def site_ca(settings: Settings, site: str) -> Path:
+    """The site's copy of the platform's CA certificate (public): what it verifies the gateways with."""
+    return settings.site_home(site) / "tls" / "ca.crt"
+
+
+# --- Airflow ---------------------------------------------------------------------------------------------
+
+
+def ensure_secret_env(settings: Settings) -> dict[str, str]:
+    """Secrets generated on first start, kept in the platform's secrets (mode 0600), never in git or code."""
+    path = private_dir(settings.secrets) / "airflow.env"
+    with locked(settings.secrets / ".airflow.lock"):
+        if not path.exists():
+            write_private(
+                path,
+                f"AIRFLOW__API_AUTH__JWT_SECRET={secrets.token_urlsafe(48)}\n"
+                f"AIRFLOW__API__SECRET_KEY={secrets.token_urlsafe(48)}\n",
+            )
+    return dict(line.split("=", 1) for line in path.read_text().splitlines() if "=" in line)
+
+
+def airflow_passwords_file(settings: Settings) -> Path:
+    return settings.secrets / "airflow_passwords.json"
+
+
+def ensure_airflow_passwords(settings: Settings) -> Path:
+    """Generate the Airflow users' passwords ourselves, before the api-server's first start.
+
+    SimpleAuthManager generates missing ones itself but also prints them to its log; with every user already in
+    the file it prints nothing.
+    """
+    path = airflow_passwords_file(settings)
+    private_dir(settings.secrets)
+    with locked(settings.secrets / ".airflow.lock"):
+        known = json.loads(path.read_text() or "{}") if path.exists() else {}
+        missing = [user for user in AIRFLOW_USERS if user not in known]
+        if missing:
+            known.update({user: secrets.token_urlsafe(18) for user in missing})
+            write_private(path, json.dumps(known) + "\n")
+    return path
+
+
+def _airflow_common(settings: Settings, home: Path) -> dict[str, str]:
+    return dict(
+        AIRFLOW_HOME=str(home),
+        AIRFLOW__CORE__DAGS_FOLDER=str(settings.repo / "dags"),
+        AIRFLOW__CORE__LOAD_EXAMPLES="False",
+        AIRFLOW__CORE__EXECUTOR=EXECUTORS,
+        MLEDGE_BIN=str(settings.bin("workload", "mledge")),
+    )
+
+
+def airflow_env(settings: Settings, environ: Mapping[str, str] = os.environ) -> dict[str, str]:
+    """Airflow's central processes: the platform's environment plus Airflow's settings and secrets."""
+    env = platform_env(settings, environ)
+    db_url = settings.airflow_db_url or f"sqlite:///{settings.airflow_home / 'airflow.db'}"
+    env.update(ensure_secret_env(settings))
+    env.update(_airflow_common(settings, settings.airflow_home))
+    env.update(
+        PATH=f"{str(settings.bin('orchestrator', '')).rstrip('/')}{os.pathsep}{env['PATH']}",
+        AIRFLOW__CORE__PARALLELISM="4",  # each slot is a worker process; 4 is plenty on two cores
+        AIRFLOW__DATABASE__SQL_ALCHEMY_CONN=db_url,
+        AIRFLOW__API__HOST=settings.bind_host,
+        AIRFLOW__API__PORT=str(settings.airflow_port),
+        AIRFLOW__API__BASE_URL=settings.airflow_url,
+        AIRFLOW__CORE__EXECUTION_API_SERVER_URL=f"{settings.airflow_url}/execution/",
+        AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_USERS=",".join(f"{u}:{r}" for u, r in AIRFLOW_USERS.items()),
+        AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_PASSWORDS_FILE=str(ensure_airflow_passwords(settings)),
+        AIRFLOW__DAG_PROCESSOR__REFRESH_INTERVAL="30",
+        # The Edge worker API, mounted on the api-server; sites reach it only through gateway-edge.
+        AIRFLOW__EDGE__API_ENABLED="True",
+        AIRFLOW__EDGE__API_URL=f"{settings.edge_url}/edge_worker/v1/rpcapi",
+    )
+    return env
+
+
+def edge_worker_env(settings: Settings, site: str, environ: Mapping[str, str] = os.environ) -> dict[str, str]:
+    """A site's edge worker: the site's environment, Airflow's worker settings, the shared worker signing key.
+
+    The worker signs its calls with ``[api_auth] jwt_secret`` (apache-airflow-providers-edge3 5.1 has no
+    per-worker key on the worker side): README's security section says what a site holding it can and cannot do.
+    """
+    env = site_env(settings, site, environ)
+    home = settings.edge_home(site)
+    env.update(_airflow_common(settings, home))
+    env.update(
+        PATH=f"{str(settings.bin('orchestrator', '')).rstrip('/')}{os.pathsep}{env['PATH']}",
+        AIRFLOW__API_AUTH__JWT_SECRET=ensure_secret_env(settings)["AIRFLOW__API_AUTH__JWT_SECRET"],
+        AIRFLOW__EDGE__API_URL=f"{settings.edge_url}/edge_worker/v1/rpcapi",
+        AIRFLOW__CORE__EXECUTION_API_SERVER_URL=f"{settings.edge_url}/execution/",
+        AIRFLOW__DATABASE__SQL_ALCHEMY_CONN=f"sqlite:///{home / 'unused.db'}",  # a worker never opens it
+        AIRFLOW__EDGE__HEARTBEAT_INTERVAL="10",
+    )
+    return env
+
+
+def _airflow_healthy(url: str) -> Callable[[], bool]:
+    def check() -> bool:
+        try:
+            with urllib.request.urlopen(f"{url}/api/v2/monitor/health", timeout=3) as response:
+                health = json.load(response)
+        except (urllib.error.URLError, OSError, ValueError):
+            return False
+        parts = ("metadatabase", "scheduler", "dag_processor")
+        return all((health.get(p) or {}).get("status") == "healthy" for p in parts)
+
+    return check
+
+
+# --- Flower ----------------------------------------------------------------------------------------------
+
+
+def write_flwr_config(settings: Settings) -> None:
+    """The `flwr` CLI's connection to our SuperLink ($FLWR_HOME/config.toml), verifying the local CA."""
+    from mledge.security import pki
+
+    settings.flwr_home.mkdir(parents=True, exist_ok=True)
+    (settings.flwr_home / "config.toml").write_text(
+        pki.flwr_connection_toml(FLWR_CONNECTION, settings.superlink_address, pki.tls_files(settings.secrets))
+    )
+
+
+def supernode_registry(settings: Settings) -> Path:
+    """node id -> site of the registered SuperNode keys; beside the SuperLink database it describes."""
+    return settings.platform_home / SUPERNODE_REGISTRY
+
+
+def superlink_hostnames() -> list[str]:
+    """Names besides 127.0.0.1/localhost the SuperLink certificate must carry (e.g. the compose service)."""
+    return [n.strip() for n in os.environ.get("MLEDGE_SUPERLINK_HOSTNAMES", "").split(",") if n.strip()]
+
+
+def _supernode_healthy(log: Path, port: int) -> Callable[[], bool]:
+    """Healthy once the SuperLink accepted it: a refused SuperNode opens its port too, then exits (code 305)."""
+    from mledge.security.node_keys import supernode_activated
+
+    opened = port_open(port)
+
+    def check() -> bool:
+        return opened() and log.exists() and supernode_activated(log.read_text(errors="replace")) is not None
+
+    return check
+
+
+def node_config(settings: Settings, site: str) -> str:
+    """A site's SuperNode node config: its name, its store, and whether it accepts simulated attacks (opt-in)."""
+    config = f"site='{site}' data-dir='{settings.site_home(site)}'"
+    return config + (" accept-simulated-attacks=true" if site in settings.simulation_sites else "")
+
+
+def _gateway(
+    settings: Settings, route: str, port: int, upstream: str, env: Callable[[], dict], account: Account | None
+) -> Component:
+    from mledge.security import pki
+
+    tls = pki.tls_files(settings.secrets)
+    return Component(
+        f"gateway-{route}",
+        [
+            str(settings.bin("workload", "mledge")), "gateway", route,
+            "--listen", f"{settings.bind_host}:{port}", "--upstream", upstream,
+            "--cert", str(tls.server_cert), "--key", str(tls.server_key), "--ca", str(tls.ca_cert),
+        ],
+        env,
+        port_open(port),
+        home=settings.platform_home,
+        account=account,
+    )
+
+
+def components(
+    settings: Settings,
+    logs: Path,
+    accounts: Mapping[str, Account | None] | None = None,
+    environ: Mapping[str, str] = os.environ,
+) -> list[Component]:
+    """Every component in start order (platform first); ``accounts``: user name -> Account when enforced."""
+    from mledge.security import mlflow_auth, node_keys, pki
+
+    accounts = accounts or {}
+    platform = accounts.get(PLATFORM_USER)
+    tls = pki.tls_files(settings.secrets)  # paths only: `up` creates the files before anything starts
+    wl = cache(lambda: platform_env(settings, environ))
+    af = cache(lambda: airflow_env(settings, environ))
+    server = mlflow_server_config(settings.repo)["server"]
+
+    def mlflow_env() -> dict[str, str]:
+        server_env = mlflow_server_config(settings.repo).get("environment", {})
+        env = mlflow_auth.auth_server_env(settings, {**wl(), **server_env})
+        for key in ("MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD"):
+            env.pop(key, None)  # the server holds no client identity
+        return env
+
+    def under_home(value: str) -> str:
+        return value if "://" in value else str(settings.platform_home / value)
+
+    backend = environ.get("MLEDGE_MLFLOW_BACKEND_STORE_URI") or under_home(server["backend_store"])
+    found = [
+        Component(
+            "mlflow",
+            [
+                str(settings.bin("workload", "mlflow")), "server", *mlflow_auth.auth_server_args(settings),
+                "--backend-store-uri", backend if "://" in backend else f"sqlite:///{backend}",
+                "--artifacts-destination", under_home(server["artifacts_destination"]),
+                "--host", settings.bind_host, "--port", str(settings.mlflow_port),
+                "--workers", str(server["workers"]),
+            ],
+            mlflow_env,
+            http_ok(f"{settings.mlflow_uri}/health"),
+            home=settings.platform_home,
+            account=platform,
+            stop_signal=signal.SIGINT,  # SIGINT shuts gunicorn/uvicorn down cleanly
+        ),
+        Component(
+            "superlink",
+            [
+                str(settings.bin("workload", "flower-superlink")),
+                *pki.superlink_tls_args(tls),
+                *node_keys.superlink_auth_args(),
+                "--disable-runtime-dependency-installation",
+                "--database", str(settings.platform_home / "flower" / "superlink.db"),
+                # The platform side only: sites reach the Fleet API through gateway-fleet.
+                "--host", settings.bind_host, "--port", str(settings.superlink_port),
+            ],
+            wl,  # the ServerApp runs in this environment and logs to MLflow as the platform identity
+            port_open(settings.superlink_port),
+            home=settings.platform_home,
+            account=platform,
+        ),
+        _gateway(settings, "fleet", settings.fleet_port, f"https://127.0.0.1:{settings.superlink_port}", wl, platform),
+    ]
+    airflow = str(settings.bin("orchestrator", "airflow"))
+    found += [
+        Component(
+            "airflow-api-server",
+            [airflow, "api-server", "--host", settings.bind_host, "--port", str(settings.airflow_port)],
+            af,
+            http_ok(f"{settings.airflow_url}/api/v2/version"),
+            home=settings.platform_home,
+            account=platform,
+        ),
+        Component("airflow-scheduler", [airflow, "scheduler", "--skip-serve-logs"], af, lambda: True,
+                  home=settings.platform_home, account=platform),
+        Component("airflow-dag-processor", [airflow, "dag-processor"], af, lambda: True,
+                  home=settings.platform_home, account=platform),
+        # No log servers: Airflow binds them to every interface ("" in airflow.utils.serve_logs); the api-server
+        # reads these processes' logs from the shared log folder instead.
+        Component("airflow-triggerer", [airflow, "triggerer", "--skip-serve-logs"], af, lambda: True,
+                  home=settings.platform_home, account=platform),
+        _gateway(settings, "edge", settings.edge_port, settings.airflow_url, wl, platform),
+    ]
+    for i, site in enumerate(settings.sites):
+        port = settings.supernode_port + i
+        account = accounts.get(site_user(site))
+        home = settings.site_home(site)
+        found.append(
+            Component(
+                f"supernode-{site}",
+                [
+                    str(settings.bin("workload", "flower-supernode")),
+                    "--root-certificates", str(site_ca(settings, site)),
+                    *node_keys.supernode_auth_args(node_keys.private_key_path(home)),
+                    "--superlink", settings.fleet_address,
+                    "--node-config", node_config(settings, site),
+                    "--host", "127.0.0.1", "--port", str(port),
+                ],
+                partial(site_env, settings, site, environ),
+                _supernode_healthy(logs / f"supernode-{site}.log", port),
+                home=home,
+                side="site",
+                site=site,
+                account=account,
+            )
+        )
+        found.append(
+            Component(
+                f"edge-worker-{site}",
+                [airflow, "edge", "worker", "--queues", site, "--edge-hostname", f"edge-{site}",
+                 "--concurrency", "2"],
+                partial(edge_worker_env, settings, site, environ),
+                lambda: True,
+                home=home,
+                side="site",
+                site=site,
+                account=account,
+            )
+        )
+    return found
+
+
+def airflow_healthy(settings: Settings) -> Callable[[], bool]:
+    return _airflow_healthy(settings.airflow_url)

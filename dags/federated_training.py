@@ -1,7 +1,7 @@
 """federated_training: one federated training of the axis_failures model, from connected sites to the registry.
 
-migrate_platform_db -> wait_for_supernodes -> start_flower_run -> await_flower_run -> register_and_promote
-                                                                                   -> record_training_cost
+migrate_platform_db -> wait_for_supernodes -> start_flower_run -> await_flower_run -> publish_run
+    -> register_and_promote, record_training_cost
 
 ``migrate_platform_db`` creates or upgrades the platform database (``mledge db migrate``, idempotent) before
 anything reads it. Scheduled on data, not on a clock: confirmed (or approved) drift emits the
@@ -10,6 +10,11 @@ adds a time schedule besides it. Trigger it from the UI with the parameters belo
 registers the global model and each site's personalised model, links the drift alerts that asked for the training,
 and resolves them; ``record_training_cost`` prices each site's compute seconds at its declared instance type into
 the cost store. Every task runs the workload entry point ``mledge``; this file only wires.
+
+Nothing lost, nothing doubled: every task may be retried. ``start_flower_run`` finds the Flower run this DAG run
+started and reuses it; ``await_flower_run`` starts the training again when its run failed (a SuperLink restart)
+and stops the run when the task is killed; the ServerApp keeps its results at the platform (the run's outbox) and
+``publish_run`` sends them to MLflow, retried while MLflow is down; registration finds the versions it made.
 """
 
 from __future__ import annotations
@@ -36,7 +41,8 @@ from mledge.contracts import (
 from operators.assets import DRIFT
 from operators.mledge import MledgeOperator
 
-RUN_ID = "{{ ti.xcom_pull(task_ids='start_flower_run')['run_id'] }}"
+# The run the training ended with (await_flower_run may have had to start it again).
+RUN_ID = "{{ ti.xcom_pull(task_ids='await_flower_run')['run_id'] }}"
 
 CRON = os.environ.get("MLEDGE_TRAINING_SCHEDULE")
 
@@ -49,7 +55,7 @@ with DAG(
     start_date=datetime(2026, 1, 1),
     catchup=False,
     max_active_runs=1,
-    default_args={"retries": 0, "retry_delay": timedelta(seconds=30)},
+    default_args={"retries": 2, "retry_delay": timedelta(seconds=30)},  # every task is safe to retry
     params={
         "min_clients": Param(
             MIN_CLIENTS, type="integer", minimum=1, maximum=1000, description="SuperNodes that must be connected"
@@ -117,7 +123,16 @@ with DAG(
     )
     await_flower_run = MledgeOperator(
         task_id="await_flower_run",
-        arguments=["fl", "await", "--run-id", RUN_ID, "--timeout", "{{ params.run_timeout_s }}"],
+        arguments=[
+            "fl", "await", "--run-id", "{{ ti.xcom_pull(task_ids='start_flower_run')['run_id'] }}",
+            "--dag-run-id", "{{ run_id }}", "--timeout", "{{ params.run_timeout_s }}",
+        ],
+    )
+    publish_run = MledgeOperator(
+        task_id="publish_run",
+        arguments=["fl", "publish", "--flower-run-id", RUN_ID],
+        retries=6,  # MLflow down: 2, 4, 8 ... minutes; the results wait at the platform meanwhile
+        retry_exponential_backoff=2.0,
     )
     register_and_promote = MledgeOperator(
         task_id="register_and_promote",
@@ -136,5 +151,5 @@ with DAG(
         ],
     )
 
-    migrate_platform_db >> wait_for_supernodes >> start_flower_run >> await_flower_run
-    await_flower_run >> [register_and_promote, record_training_cost]
+    migrate_platform_db >> wait_for_supernodes >> start_flower_run >> await_flower_run >> publish_run
+    publish_run >> [register_and_promote, record_training_cost]

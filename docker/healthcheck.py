@@ -1,7 +1,8 @@
 #!/usr/bin/env python3
 """Health checks of MLEDGE's containers (the images' HEALTHCHECK and docker-compose.yml's ``healthcheck``).
 
-    healthcheck.py component NAME   the check of a component, its port from mledge.ops.settings (as the local stack)
+    healthcheck.py component NAME   the check of a component, its port from mledge.ops.settings (as the local stack);
+                                    an edge worker: `airflow edge status` says it serves (starting, running or idle)
     healthcheck.py auto             the component docker/entrypoint.sh recorded; none (a one-shot job): healthy
     healthcheck.py tcp HOST:PORT    something accepts TCP connections there
     healthcheck.py http URL         GET answers 200
@@ -12,6 +13,7 @@ Exit status 0 when healthy, 1 otherwise, with one line saying what was checked. 
 
 from __future__ import annotations
 
+import json
 import os
 import socket
 import subprocess
@@ -22,6 +24,8 @@ from collections.abc import Callable
 
 COMPONENT_FILE = os.environ.get("MLEDGE_COMPONENT_FILE", "/tmp/mledge-component")
 TIMEOUT_S = 5.0
+# Edge worker states (apache-airflow-providers-edge3) in which a worker serves its queue (as mledge.ops.status).
+EDGE_SERVING = ("starting", "running", "idle")
 # Airflow's scheduler serves /health here when [scheduler] enable_health_check is on (docker-compose.yml sets it).
 SCHEDULER_HEALTH_PORT = int(os.environ.get("AIRFLOW__SCHEDULER__SCHEDULER_HEALTH_CHECK_SERVER_PORT") or 8974)
 
@@ -55,6 +59,27 @@ def airflow_job(job_type: str) -> tuple[bool, str]:
     return done.returncode == 0, f"airflow jobs check {job_type}: {last}"
 
 
+def edge_worker() -> tuple[bool, str]:
+    """The edge worker of this container (its pid file in AIRFLOW_HOME) reports a state in which it serves."""
+    try:
+        done = subprocess.run(
+            ["airflow", "edge", "status"], capture_output=True, text=True, timeout=40, check=False,
+        )
+    except OSError as exc:  # no Airflow in this image
+        return False, f"airflow edge status: {exc}"
+    start = done.stdout.find("{")
+    try:
+        # The status document (log lines may come before or after it).
+        found = json.JSONDecoder().raw_decode(done.stdout, start)[0] if done.returncode == 0 and start >= 0 else {}
+        state = found.get("state")
+    except (ValueError, AttributeError):
+        state = None
+    if state is None:
+        last = (done.stderr.strip() or done.stdout.strip() or "no output").splitlines()[-1]
+        return False, f"airflow edge status: exit {done.returncode}: {last}"
+    return state in EDGE_SERVING, f"airflow edge status: {state}"
+
+
 def component_check(name: str) -> Callable[[], tuple[bool, str]]:
     """The check of one component, on the ports mledge.ops.settings gives the local stack."""
     from mledge.ops.settings import Settings
@@ -62,10 +87,16 @@ def component_check(name: str) -> Callable[[], tuple[bool, str]]:
     settings = Settings()
     if name == "superlink":
         return lambda: tcp(f"127.0.0.1:{settings.superlink_port}")
-    if name.startswith("supernode-"):
-        site = name.removeprefix("supernode-")
+    if name == "gateway-fleet":
+        return lambda: tcp(f"127.0.0.1:{settings.fleet_port}")
+    if name == "gateway-edge":
+        return lambda: tcp(f"127.0.0.1:{settings.edge_port}")
+    if name.startswith(("supernode-", "edge-worker-")):
+        site = name.removeprefix("supernode-").removeprefix("edge-worker-")
         if site not in settings.sites:
             raise ValueError(f"unknown site {site!r} in component {name!r}; sites: {', '.join(settings.sites)}")
+        if name.startswith("edge-worker-"):
+            return edge_worker
         # The SuperNode's own runtime API, on loopback only: a SuperNode accepts no connection from outside.
         return lambda: tcp(f"127.0.0.1:{settings.supernode_port + settings.sites.index(site)}")
     if name == "mlflow":

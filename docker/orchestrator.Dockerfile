@@ -5,6 +5,10 @@
 # (MLEDGE_BIN), exactly as on a developer's machine: Airflow 3.3 and Flower 1.41 pin incompatible FastAPI
 # versions, so the two environments stay apart (.venvs/orchestrator and .venvs/workload).
 #
+# The same image runs each site's Airflow edge worker (`edge-worker <site>`: apache-airflow-providers-edge3 from the
+# orchestrator lock): a worker needs Airflow, the DAG files, and the workload environment its tasks call `mledge` in.
+# It holds no secret: a site's container gets only its own credentials, from docker-compose.yml.
+#
 # Build from the repository root:  docker build -f docker/orchestrator.Dockerfile -t mledge/orchestrator:dev .
 
 # An exact release tag; for a release build append "@sha256:<digest>" (docker buildx imagetools inspect <tag>).
@@ -32,6 +36,8 @@ RUN /tmp/mledge-env/install-env.sh orchestrator
 FROM ${PYTHON_IMAGE}
 SHELL ["/bin/bash", "-o", "pipefail", "-c"]
 ARG MLEDGE_UID=10001
+# The sites whose edge worker this image may run: each gets a mount point for its own volume (see below).
+ARG MLEDGE_SITES="plant_a plant_b plant_c"
 ENV PIP_DISABLE_PIP_VERSION_CHECK=1 \
     PIP_NO_CACHE_DIR=1 \
     PYTHONDONTWRITEBYTECODE=1 \
@@ -50,7 +56,9 @@ RUN groupadd --system --gid "${MLEDGE_UID}" mledge \
         --shell /usr/sbin/nologin mledge \
     && install -d -o mledge -g mledge -m 0700 \
         /var/lib/mledge /var/lib/mledge/secrets /var/lib/mledge/secrets/tls /var/lib/mledge/airflow \
-        /var/lib/mledge/airflow/logs /var/lib/mledge/flwr /var/lib/mledge/logs /var/lib/mledge/run
+        /var/lib/mledge/airflow/logs /var/lib/mledge/flwr /var/lib/mledge/logs /var/lib/mledge/run \
+        /var/lib/mledge/sites \
+    && for site in ${MLEDGE_SITES}; do install -d -o mledge -g mledge -m 0700 "/var/lib/mledge/sites/${site}"; done
 
 COPY --from=workload-env /opt/mledge/.venvs/workload /opt/mledge/.venvs/workload
 COPY --from=orchestrator-env /opt/mledge/.venvs/orchestrator /opt/mledge/.venvs/orchestrator

@@ -1,7 +1,8 @@
 # syntax=docker/dockerfile:1
 # MLEDGE workload image: our libraries (fl, drift, costs), the `mledge` entry point, Flower, torch (CPU), MLflow's
-# client, Evidently and the cloud SDKs, from requirements-workload.txt. It runs the Flower SuperLink, each site's
-# SuperNode and the one-shot setup jobs (pki-init, register-nodes); docker/entrypoint.sh says which.
+# client, Evidently and the cloud SDKs, from requirements-workload.txt. It runs the Flower SuperLink, the two gateways
+# (gateway-fleet, gateway-edge), each site's SuperNode and the one-shot setup jobs (pki-init, register-nodes, each
+# site's site-init); docker/entrypoint.sh says which.
 #
 # The layout is a developer's checkout: sources in /opt/mledge, the environment in /opt/mledge/.venvs/workload,
 # state in MLEDGE_HOME=/var/lib/mledge. So `mledge` finds its programs exactly where the local stack does.
@@ -24,7 +25,7 @@ RUN /tmp/mledge-env/install-env.sh workload
 FROM ${PYTHON_IMAGE}
 SHELL ["/bin/bash", "-o", "pipefail", "-c"]
 ARG MLEDGE_UID=10001
-# The sites whose SuperNode this image may run: each gets a mount point for its own volume (see below).
+# The sites whose SuperNode and setup this image may run: each gets mount points for its own volumes (see below).
 ARG MLEDGE_SITES="plant_a plant_b plant_c"
 ENV PIP_DISABLE_PIP_VERSION_CHECK=1 \
     PIP_NO_CACHE_DIR=1 \
@@ -42,8 +43,11 @@ RUN groupadd --system --gid "${MLEDGE_UID}" mledge \
     && install -d -o mledge -g mledge -m 0700 \
         /var/lib/mledge /var/lib/mledge/secrets /var/lib/mledge/secrets/tls /var/lib/mledge/sites \
         /var/lib/mledge/flower /var/lib/mledge/flwr /var/lib/mledge/logs /var/lib/mledge/run \
-        /var/lib/mledge/export /var/lib/mledge/export/superlink /var/lib/mledge/export/public \
-    && for site in ${MLEDGE_SITES}; do install -d -o mledge -g mledge -m 0700 "/var/lib/mledge/sites/${site}"; done
+        /var/lib/mledge/export /var/lib/mledge/export/server /var/lib/mledge/export/public \
+        /var/lib/mledge/export/pubkey /var/lib/mledge/export/nodes \
+    && for site in ${MLEDGE_SITES}; do \
+        install -d -o mledge -g mledge -m 0700 "/var/lib/mledge/sites/${site}" "/var/lib/mledge/export/nodes/${site}"; \
+    done
 
 COPY --from=workload-env /opt/mledge/.venvs/workload /opt/mledge/.venvs/workload
 COPY pyproject.toml README.md /opt/mledge/
@@ -52,7 +56,7 @@ COPY fl /opt/mledge/fl
 COPY drift /opt/mledge/drift
 COPY costs /opt/mledge/costs
 COPY mledge /opt/mledge/mledge
-COPY docker/entrypoint.sh docker/healthcheck.py /opt/mledge/docker/
+COPY docker/entrypoint.sh docker/healthcheck.py docker/site-init.py /opt/mledge/docker/
 # Editable, as `make setup` installs it: mledge.ops.settings finds mlflow/ and .venvs/ beside the package.
 RUN pip install --no-cache-dir --no-deps -e /opt/mledge \
     && pip check \

@@ -14,6 +14,8 @@ import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
 
+from tenacity import retry, retry_if_exception_type, stop_after_attempt, wait_exponential
+
 FLOWER_APP = Path(__file__).parent / "flower_app"
 TERMINAL_PREFIX = "finished:"
 COMPLETED = "finished:completed"
@@ -41,8 +43,19 @@ def flwr(args: list[str], flwr_bin: str = "flwr", timeout: float = 60.0) -> dict
     return document
 
 
+# Reads of the SuperLink are retried with backoff (a restarting SuperLink answers again within seconds); a
+# submission is not: ensure_run makes it safe to repeat.
+_read_retry = retry(
+    retry=retry_if_exception_type(FlowerError), stop=stop_after_attempt(5), wait=wait_exponential(max=15), reraise=True
+)
+
+
+def read(args: list[str], flwr_bin: str = "flwr", timeout: float = 60.0) -> dict:
+    return _read_retry(flwr)(args, flwr_bin, timeout)
+
+
 def online_nodes(connection: str, flwr_bin: str = "flwr") -> list[dict]:
-    nodes = flwr(["supernode", "ls", connection], flwr_bin)["nodes"]
+    nodes = read(["supernode", "ls", connection], flwr_bin)["nodes"]
     return [n for n in nodes if n.get("status") == "online"]
 
 
@@ -93,14 +106,14 @@ def submit_run(
 
 
 def run_info(run_id: str, connection: str, flwr_bin: str = "flwr") -> dict:
-    runs = flwr(["ls", "--run-id", str(run_id), connection], flwr_bin)["runs"]
+    runs = read(["ls", "--run-id", str(run_id), connection], flwr_bin)["runs"]
     if not runs:
         raise FlowerError(f"the SuperLink knows no run {run_id}")
     return runs[0]
 
 
 def recent_runs(connection: str, flwr_bin: str = "flwr", limit: int = 5) -> list[dict]:
-    runs = flwr(["ls", connection], flwr_bin)["runs"]
+    runs = read(["ls", connection], flwr_bin)["runs"]
     return sorted(runs, key=lambda r: r.get("pending-at", ""), reverse=True)[:limit]
 
 
@@ -126,3 +139,85 @@ def await_run(
             flwr(["stop", str(run_id), connection], flwr_bin)
             raise TimeoutError(f"Flower run {run_id} was still {info['status']} after {timeout:.0f}s; stopped it")
         time.sleep(poll_s)
+
+
+# --- one Flower run per DAG run, whatever is retried ------------------------------------------------------------
+
+FAILED = ("finished:failed", "finished:stopped")
+
+
+class RunLedger:
+    """Which Flower runs a DAG run started, kept at the platform (``<platform home>/flower/dag_runs/``).
+
+    An attempt is recorded before it is submitted, so a task that dies between submitting and recording is
+    recognised by its retry (see ``ensure_run``).
+    """
+
+    def __init__(self, folder: Path) -> None:
+        self.folder = Path(folder)
+
+    def _path(self, dag_run_id: str) -> Path:
+        return self.folder / f"{dag_run_id.replace('/', '_')}.json"
+
+    def get(self, dag_run_id: str) -> dict:
+        path = self._path(dag_run_id)
+        return json.loads(path.read_text()) if path.exists() else {"dag_run_id": dag_run_id, "attempts": []}
+
+    def put(self, record: dict) -> None:
+        from mledge.security.files import write_private
+
+        self.folder.mkdir(parents=True, exist_ok=True)
+        write_private(self._path(record["dag_run_id"]), json.dumps(record, indent=1))
+
+
+def _adopt(connection: str, flwr_bin: str, since: float, known: set[str]) -> str | None:
+    """The run an interrupted attempt submitted: the one new run pending since ``since`` (seconds since epoch)."""
+    from datetime import datetime
+
+    fresh = []
+    for run in recent_runs(connection, flwr_bin, limit=20):
+        try:
+            pending = datetime.fromisoformat(str(run.get("pending-at"))).timestamp()
+        except ValueError:
+            continue
+        if pending >= since - 5 and str(run["run-id"]) not in known:
+            fresh.append(str(run["run-id"]))
+    return fresh[0] if len(fresh) == 1 else None
+
+
+def ensure_run(
+    run_config: Mapping[str, object],
+    connection: str,
+    dag_run_id: str,
+    ledger: RunLedger,
+    flwr_bin: str = "flwr",
+    max_attempts: int = 3,
+    clock: Callable[[], float] = time.time,
+) -> tuple[str, bool]:
+    """The Flower run of this DAG run: (run id, reused). A live or completed run is reused; one that failed or was
+    stopped is followed by a new attempt, at most ``max_attempts`` in all; an attempt whose submission was
+    interrupted before its id was recorded is adopted when exactly one new run appeared since."""
+    record = ledger.get(dag_run_id)
+    attempts = record["attempts"]
+    if attempts:
+        last = attempts[-1]
+        if last["run_id"] is None:
+            last["run_id"] = _adopt(connection, flwr_bin, last["submitted_at"], {a["run_id"] for a in attempts})
+            ledger.put(record)
+        if last["run_id"] is not None:
+            try:
+                status = run_info(last["run_id"], connection, flwr_bin)["status"]
+            except FlowerError as exc:
+                if "knows no run" not in str(exc):
+                    raise
+                status = "unknown"  # a SuperLink that lost its database: the run is gone
+            if status not in (*FAILED, "unknown"):
+                return last["run_id"], True
+    if len(attempts) >= max_attempts:
+        raise FlowerError(f"DAG run {dag_run_id}: gave up after {len(attempts)} Flower runs ({attempts})")
+    attempt = {"run_id": None, "submitted_at": clock(), "config": dict(run_config)}
+    attempts.append(attempt)
+    ledger.put(record)
+    attempt["run_id"] = submit_run(run_config, connection, flwr_bin=flwr_bin)
+    ledger.put(record)
+    return attempt["run_id"], False

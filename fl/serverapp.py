@@ -25,10 +25,13 @@ from pathlib import Path
 
 import mlflow
 import numpy as np
+import torch
 from flwr.app import ArrayRecord, ConfigRecord, Context, Message, RecordDict
 from flwr.serverapp import Grid, ServerApp
+from tenacity import retry, stop_after_attempt, wait_exponential
 
 from fl.model import build_model
+from fl.outbox import GLOBAL, Outbox, outbox_dir
 from fl.protocol import ZERO, PromotionEvidence, SiteEvidence, counts_from, metric_problems, metrics_from_counts
 from fl.strategies import AggregationStrategy, SiteStateStore, build_strategy
 from mledge.contracts import (
@@ -39,7 +42,6 @@ from mledge.contracts import (
     DEFAULT_STRATEGY,
     EVIDENCE_PATH,
     EXPERIMENT,
-    GLOBAL_MODELS_EXPERIMENT,
     MSG_FINALISE,
     MSG_QUERY,
     NUM_EXAMPLES_KEY,
@@ -51,17 +53,11 @@ from mledge.contracts import (
     TAG_DAG_RUN,
     TAG_FAILED_SITES,
     TAG_FLOWER_RUN,
-    TAG_MODEL_RUN,
-    TAG_MODEL_URI,
-    TAG_SITE,
     TAG_STRATEGY,
     WINDOW_KEY,
     mledge_home,
     platform_db_url,
     site_model_name,
-    site_model_run_tag,
-    site_model_tag,
-    site_models_experiment,
 )
 from mledge.onsite.schema import N_FEATURES
 
@@ -317,58 +313,51 @@ def finalise(
     return evidence, ok
 
 
-def publish(result: TrainResult, evidence: PromotionEvidence, ok: Mapping[str, Message], *, step: int) -> None:
-    """Step 3: the final evaluation, the evidence and which sites failed, to the active MLflow run (the run's
-    record, which holds every site's metrics: the platform's alone)."""
+def publish(
+    result: TrainResult, evidence: PromotionEvidence, ok: Mapping[str, Message], *, step: int, outbox: Outbox
+) -> None:
+    """Step 3: the final evaluation, the evidence, which sites failed, and every model, into the run's outbox (at
+    the platform); ``Outbox.flush`` then sends them to MLflow, each model to the experiment its readers may read
+    (the global models', or the site's own)."""
     if ok:
-        log_evaluation(ok, step=step, sink=mlflow.log_metrics)
+        log_evaluation(ok, step=step, sink=outbox.log_metrics)
     for site, entry in evidence.sites.items():
-        mlflow.log_metrics({f"holdout/{site}/candidate_{k}": v for k, v in entry.candidate.items()})
+        outbox.log_metrics({f"holdout/{site}/candidate_{k}": v for k, v in entry.candidate.items()}, step=step)
         if entry.champion:
-            mlflow.log_metrics({f"holdout/{site}/champion_{k}": v for k, v in entry.champion.items()})
-        mlflow.log_metrics({f"recent/{site}/personal_{k}": v for k, v in entry.personal.items()})
-    mlflow.log_dict(evidence.to_dict(), EVIDENCE_PATH)
-    mlflow.log_dict(result.sites, "sites.json")
+            outbox.log_metrics({f"holdout/{site}/champion_{k}": v for k, v in entry.champion.items()}, step=step)
+        outbox.log_metrics({f"recent/{site}/personal_{k}": v for k, v in entry.personal.items()}, step=step)
+    for site in sorted(ok):
+        outbox.put_model(site, ok[site].content[ARRAYS_KEY].to_torch_state_dict())
+    outbox.put_model(GLOBAL, result.arrays.to_torch_state_dict())
+    outbox.put_document(EVIDENCE_PATH, evidence.to_dict())
+    outbox.put_document("sites.json", {str(node): site for node, site in result.sites.items()})
     if evidence.failures:
-        mlflow.set_tag(TAG_FAILED_SITES, ",".join(sorted(evidence.failures)))
+        outbox.set_tags({TAG_FAILED_SITES: ",".join(sorted(evidence.failures))})
 
 
-def _experiment_id(name: str) -> str:
-    found = mlflow.MlflowClient().get_experiment_by_name(name)
-    return found.experiment_id if found else mlflow.create_experiment(name)
-
-
-def _log_model(state: Mapping, experiment: str, run_name: str, tags: Mapping[str, str]) -> tuple[str, str]:
-    """One model in a run of its own in ``experiment``; returns (model URI, run id)."""
+def log_model(state: Mapping, experiment: str, run_name: str, tags: Mapping[str, str]) -> tuple[str, str]:
+    """One model in a run of its own in ``experiment``; returns (model URI, run id). The outbox's model logger."""
     model = build_model()
-    model.load_state_dict(dict(state))
-    with mlflow.start_run(experiment_id=_experiment_id(experiment), run_name=run_name, tags=dict(tags)) as run:
+    model.load_state_dict({k: torch.as_tensor(v) for k, v in state.items()})
+    found = mlflow.MlflowClient().get_experiment_by_name(experiment)
+    experiment_id = found.experiment_id if found else mlflow.create_experiment(experiment)
+    with mlflow.start_run(experiment_id=experiment_id, run_name=run_name, tags=dict(tags)) as run:
         info = mlflow.pytorch.log_model(model, name="model", input_example=_INPUT_EXAMPLE, pip_requirements=_PIP)
     return info.model_uri, run.info.run_id
 
 
-def publish_models(result: TrainResult, ok: Mapping[str, Message], *, run_id: str, tags: Mapping[str, str]) -> str:
-    """Step 3, the models: each in the experiment its readers may read, so that a site can load the global model
-    and its own, and nothing of another site's. The global model goes to the global models' experiment, each
-    site's personalised model to that site's own; the run's record (``run_id``) is tagged with their URIs and
-    runs. Returns the global model's URI."""
-    client = mlflow.MlflowClient()
-    for site in sorted(ok):
-        uri, model_run = _log_model(
-            ok[site].content[ARRAYS_KEY].to_torch_state_dict(),
-            site_models_experiment(site),
-            f"{tags.get(TAG_FLOWER_RUN, '')} {site}",
-            {**tags, TAG_SITE: site},
-        )
-        client.set_tag(run_id, site_model_tag(site), uri)
-        client.set_tag(run_id, site_model_run_tag(site), model_run)
-    uri, model_run = _log_model(
-        result.arrays.to_torch_state_dict(), GLOBAL_MODELS_EXPERIMENT, f"{tags.get(TAG_FLOWER_RUN, '')} global", tags
-    )
-    client.set_tag(run_id, TAG_MODEL_URI, uri)
-    client.set_tag(run_id, TAG_MODEL_RUN, model_run)
-    log.info("Logged global model %s", uri)
-    return uri
+def live_sink(outbox: Outbox) -> MetricSink:
+    """The rounds' metric sink: into the outbox, then on to MLflow at once if it answers (a live timeline);
+    if it does not, the round goes on and the next flush catches up."""
+
+    def sink(metrics: Mapping[str, float], step: int) -> None:
+        outbox.log_metrics(metrics, step)
+        try:
+            outbox.flush(log_model, attempts=1)
+        except Exception as exc:  # MLflow down or slow: the outbox keeps the metrics
+            log.warning("metrics kept in the outbox, not in MLflow yet (%s: %s)", exc.__class__.__name__, exc)
+
+    return sink
 
 
 def registered_sites(path: Path) -> dict[int, str] | None:
@@ -392,41 +381,53 @@ def main(grid: Grid, context: Context) -> None:
     strategy = build_strategy(
         strategy_name, min_nodes=int(cfg["min-nodes"]), state=SiteStateStore(platform_db_url())
     )
-    mlflow.set_experiment(str(cfg.get("experiment", EXPERIMENT)))
     tags = {
         TAG_FLOWER_RUN: str(context.run_id),
         TAG_DAG_RUN: str(cfg.get("dag-run-id", "")),
         TAG_STRATEGY: strategy_name,
     }
-    with mlflow.start_run(run_name=f"flower-run-{context.run_id}", tags=tags) as run:
-        mlflow.log_params({k: v for k, v in cfg.items() if k != "dag-run-id"})
-        result = train_rounds(
-            grid,
-            strategy,
-            ArrayRecord(build_model(seed=int(cfg.get("seed", 0))).state_dict()),
-            rounds=rounds,
-            train_config=ConfigRecord(
-                {"local-epochs": int(cfg["local-epochs"]), "learning-rate": float(cfg["learning-rate"])}
-            ),
-            min_replies=int(cfg["min-replies"]),
-            timeout=timeout,
-            sink=mlflow.log_metrics,
-            registered=registered_sites(mledge_home() / SUPERNODE_REGISTRY),
+    outbox = Outbox(outbox_dir(mledge_home(), str(context.run_id)))
+    outbox.start(
+        str(cfg.get("experiment", EXPERIMENT)), f"flower-run-{context.run_id}", tags,
+        {k: v for k, v in cfg.items() if k != "dag-run-id"},
+    )
+    result = train_rounds(
+        grid,
+        strategy,
+        ArrayRecord(build_model(seed=int(cfg.get("seed", 0))).state_dict()),
+        rounds=rounds,
+        train_config=ConfigRecord(
+            {"local-epochs": int(cfg["local-epochs"]), "learning-rate": float(cfg["learning-rate"])}
+        ),
+        min_replies=int(cfg["min-replies"]),
+        timeout=timeout,
+        sink=live_sink(outbox),
+        registered=registered_sites(mledge_home() / SUPERNODE_REGISTRY),
+    )
+    evidence, ok = finalise(
+        grid,
+        result,
+        timeout=timeout,
+        registered_model=str(cfg["registered-model"]),
+        config=ConfigRecord(
+            {
+                "learning-rate": float(cfg["learning-rate"]),
+                "personal-epochs": int(cfg.get("personal-epochs", PERSONAL_EPOCHS)),
+                "recent-batches": int(cfg.get("recent-batches", RECENT_BATCHES)),
+            }
+        ),
+        # The champion is what the gate compares with: MLflow must answer (retried), or the run fails clearly.
+        load_champion=retry(stop=stop_after_attempt(5), wait=wait_exponential(max=20), reraise=True)(
+            load_champion_state
+        ),
+        final_round=rounds + 1,
+    )
+    publish(result, evidence, ok, step=rounds, outbox=outbox)
+    try:
+        outbox.flush(log_model, attempts=5)
+    except Exception as exc:  # the result is safe at the platform; the DAG's publish step sends it later
+        log.warning(
+            "MLflow did not take the run's result (%s: %s); kept in %s for `mledge fl publish`",
+            exc.__class__.__name__, exc, outbox.folder,
         )
-        evidence, ok = finalise(
-            grid,
-            result,
-            timeout=timeout,
-            registered_model=str(cfg["registered-model"]),
-            config=ConfigRecord(
-                {
-                    "learning-rate": float(cfg["learning-rate"]),
-                    "personal-epochs": int(cfg.get("personal-epochs", PERSONAL_EPOCHS)),
-                    "recent-batches": int(cfg.get("recent-batches", RECENT_BATCHES)),
-                }
-            ),
-            load_champion=load_champion_state,
-            final_round=rounds + 1,
-        )
-        publish(result, evidence, ok, step=rounds)
-    publish_models(result, ok, run_id=run.info.run_id, tags=tags)
+

@@ -127,6 +127,9 @@ RETRAINING_AUTO, RETRAINING_APPROVAL = "auto", "approval"
 RETRAINING_MODES = (RETRAINING_AUTO, RETRAINING_APPROVAL)
 
 # --- the DAGs --------------------------------------------------------------------------------------------------
+# Airflow's executors: platform tasks run locally, a site's tasks on that site's edge worker (queue = site name).
+AIRFLOW_EXECUTORS = "LocalExecutor,airflow.providers.edge3.executors.EdgeExecutor"
+SITE_EXECUTOR = "EdgeExecutor"
 TRAINING_DAG_ID = "federated_training"
 DRIFT_DAG_ID = "concept_drift_evaluation"
 COLLECTION_DAG_ID = "data_collection"

@@ -13,15 +13,15 @@ from typing import Any
 from airflow.sdk import BaseSensorOperator
 from airflow.sdk.exceptions import AirflowSensorTimeout
 
+from mledge.contracts import SITE_EXECUTOR
 from operators.hooks.mledge import MledgeHook
 
-EDGE_EXECUTOR = "EdgeExecutor"
 WORKER_WAIT_S = 300
 
 
 def at_site(site: str) -> dict[str, str]:
     """Operator arguments that send a task to the site's edge worker."""
-    return {"queue": site, "executor": EDGE_EXECUTOR}
+    return {"queue": site, "executor": SITE_EXECUTOR}
 
 
 class EdgeWorkerSensor(BaseSensorOperator):

@@ -58,7 +58,8 @@ def register(commands: argparse._SubParsersAction) -> None:
     p.add_argument("component", help="a component of `stack status`: superlink, supernode-<site>, mlflow, airflow-...")
     p.add_argument("required", nargs="*", help="after --: flags (with values) the component's command line must have")
     p = add(commands, "gateway", cmd_gateway, "a TLS gateway that forwards only a route's paths (sites' only door)")
-    p.add_argument("route", choices=["fleet", "edge"], help="fleet: Flower's Fleet API; edge: Airflow's worker APIs")
+    p.add_argument("route", choices=["fleet", "edge", "mlflow"],
+                   help="fleet: Flower's Fleet API; edge: Airflow's worker APIs; mlflow: MLflow's REST API")
     p.add_argument("--listen", required=True, help="HOST:PORT to serve TLS on")
     p.add_argument("--upstream", required=True, help="the service's platform-side URL")
     p.add_argument("--cert", required=True, help="TLS certificate (the project's CA-issued server certificate)")

@@ -26,13 +26,12 @@ from collections.abc import Callable, Mapping
 from functools import cache, partial
 from pathlib import Path
 
-from mledge.contracts import FLWR_CONNECTION, SUPERNODE_REGISTRY
+from mledge.contracts import AIRFLOW_EXECUTORS, FLWR_CONNECTION, SUPERNODE_REGISTRY
 from mledge.ops.identities import PLATFORM_USER, Account, site_user
 from mledge.ops.processes import Component, http_ok, port_open
 from mledge.ops.settings import Settings, mlflow_server_config
 from mledge.security.files import locked, private_dir, write_private
 
-EXECUTORS = "LocalExecutor,airflow.providers.edge3.executors.EdgeExecutor"
 # user -> SimpleAuthManager role; "platform" is the platform's own tasks reading Airflow (edge workers' state).
 AIRFLOW_USERS = {"admin": "admin", "viewer": "viewer", "platform": "viewer"}
 # Telemetry of every library that would phone home: off (an offline platform bound to privacy).
@@ -108,6 +107,10 @@ def site_env(settings: Settings, site: str, environ: Mapping[str, str] = os.envi
         MLEDGE_SITE=site,
         REQUESTS_CA_BUNDLE=str(ca),
         SSL_CERT_FILE=str(ca),
+        # A site reaches MLflow through the MLflow gateway (REST only, TLS verified with its CA copy).
+        MLFLOW_TRACKING_URI=settings.mlflow_site_url,
+        MLEDGE_MLFLOW_URL=settings.mlflow_site_url,
+        MLFLOW_TRACKING_SERVER_CERT_PATH=str(ca),
         **mlflow_auth.client_env(settings, site),
     )
     return env
@@ -138,6 +141,16 @@ def airflow_passwords_file(settings: Settings) -> Path:
     return settings.secrets / "airflow_passwords.json"
 
 
+def airflow_password(settings: Settings, user: str) -> str:
+    """An Airflow user's password: from the deployment's environment (``MLEDGE_AIRFLOW_PASSWORD_<USER>``, compose),
+    else from the platform's secrets."""
+    from mledge.ops.airflow_api import password_for
+
+    return os.environ.get(f"MLEDGE_AIRFLOW_PASSWORD_{user.upper()}") or password_for(
+        airflow_passwords_file(settings), user
+    )
+
+
 def ensure_airflow_passwords(settings: Settings) -> Path:
     """Generate the Airflow users' passwords ourselves, before the api-server's first start.
 
@@ -160,7 +173,7 @@ def _airflow_common(settings: Settings, home: Path) -> dict[str, str]:
         AIRFLOW_HOME=str(home),
         AIRFLOW__CORE__DAGS_FOLDER=str(settings.repo / "dags"),
         AIRFLOW__CORE__LOAD_EXAMPLES="False",
-        AIRFLOW__CORE__EXECUTOR=EXECUTORS,
+        AIRFLOW__CORE__EXECUTOR=AIRFLOW_EXECUTORS,
         MLEDGE_BIN=str(settings.bin("workload", "mledge")),
     )
 
@@ -200,7 +213,8 @@ def edge_worker_env(settings: Settings, site: str, environ: Mapping[str, str] = 
     env.update(_airflow_common(settings, home))
     env.update(
         PATH=f"{str(settings.bin('orchestrator', '')).rstrip('/')}{os.pathsep}{env['PATH']}",
-        AIRFLOW__API_AUTH__JWT_SECRET=ensure_secret_env(settings)["AIRFLOW__API_AUTH__JWT_SECRET"],
+        AIRFLOW__API_AUTH__JWT_SECRET=environ.get("AIRFLOW__API_AUTH__JWT_SECRET")
+        or ensure_secret_env(settings)["AIRFLOW__API_AUTH__JWT_SECRET"],
         AIRFLOW__EDGE__API_URL=f"{settings.edge_url}/edge_worker/v1/rpcapi",
         AIRFLOW__CORE__EXECUTION_API_SERVER_URL=f"{settings.edge_url}/execution/",
         AIRFLOW__DATABASE__SQL_ALCHEMY_CONN=f"sqlite:///{home / 'unused.db'}",  # a worker never opens it
@@ -296,6 +310,8 @@ def components(
     platform = accounts.get(PLATFORM_USER)
     tls = pki.tls_files(settings.secrets)  # paths only: `up` creates the files before anything starts
     wl = cache(lambda: platform_env(settings, environ))
+    # The gateways forward bytes: no credential of any kind.
+    bare = cache(lambda: _base_env(settings, settings.platform_home, environ, "workload"))
     af = cache(lambda: airflow_env(settings, environ))
     server = mlflow_server_config(settings.repo)["server"]
 
@@ -342,7 +358,8 @@ def components(
             home=settings.platform_home,
             account=platform,
         ),
-        _gateway(settings, "fleet", settings.fleet_port, f"https://127.0.0.1:{settings.superlink_port}", wl, platform),
+        _gateway(settings, "fleet", settings.fleet_port, f"https://{settings.superlink_address}", bare, platform),
+        _gateway(settings, "mlflow", settings.mlflow_gateway_port, settings.mlflow_uri, bare, platform),
     ]
     airflow = str(settings.bin("orchestrator", "airflow"))
     found += [
@@ -362,7 +379,7 @@ def components(
         # reads these processes' logs from the shared log folder instead.
         Component("airflow-triggerer", [airflow, "triggerer", "--skip-serve-logs"], af, lambda: True,
                   home=settings.platform_home, account=platform),
-        _gateway(settings, "edge", settings.edge_port, settings.airflow_url, wl, platform),
+        _gateway(settings, "edge", settings.edge_port, settings.airflow_url, bare, platform),
     ]
     for i, site in enumerate(settings.sites):
         port = settings.supernode_port + i

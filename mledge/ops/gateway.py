@@ -10,7 +10,9 @@ answers 404 to everything else:
 - ``fleet``: ``/v1/fleet/`` -> the SuperLink (a SuperNode needs nothing else; start-run, register-node,
   list-nodes and ``/docs`` stay on the platform side);
 - ``edge``: ``/edge_worker/v1/`` and ``/execution/`` -> Airflow's api-server (what an edge worker and the tasks
-  it runs call; the UI and the REST API stay on the platform side).
+  it runs call; the UI and the REST API stay on the platform side);
+- ``mlflow``: MLflow's REST API -> the tracking server (a site loads the global model and its own, and logs its
+  drift runs, as its own user; the UI stays on the platform side).
 
 Requests and responses stream through unchanged (Flower signs each SuperNode request with the node's key; the
 gateway neither needs nor sees a secret). The gateway speaks TLS with the project's CA-issued certificate.
@@ -36,6 +38,8 @@ _HOP = {"connection", "keep-alive", "proxy-authenticate", "proxy-authorization",
 ROUTES = {
     "fleet": ("/v1/fleet/",),
     "edge": ("/edge_worker/v1/", "/execution/"),
+    # MLflow's REST API (each site with its own identity and grants: mlflow/permissions.toml), not its UI.
+    "mlflow": ("/api/2.0/mlflow/", "/api/2.0/mlflow-artifacts/", "/api/3.0/mlflow/"),
 }
 
 

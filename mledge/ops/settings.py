@@ -11,6 +11,7 @@
 | MLEDGE_SUPERLINK_PORT   | 9091                    | Flower SuperLink (all its APIs; the platform side only)|
 | MLEDGE_FLEET_PORT       | 9092                    | the Fleet gateway: what SuperNodes connect to         |
 | MLEDGE_EDGE_PORT        | 8081                    | the Edge gateway: what edge workers connect to        |
+| MLEDGE_MLFLOW_GATEWAY_PORT | 5443                 | the MLflow gateway: MLflow's REST API for sites       |
 | MLEDGE_SUPERNODE_PORT   | 9094                    | first SuperNode's runtime port; one more per site     |
 | MLEDGE_AIRFLOW_DB_URL   | SQLite in MLEDGE_HOME   | Airflow metadata database (e.g. postgresql+psycopg2://)|
 | MLEDGE_BIND_HOST        | 127.0.0.1               | address the SuperLink, MLflow and Airflow listen on   |
@@ -59,6 +60,7 @@ class Settings:
     superlink_port: int = field(default_factory=lambda: _port("MLEDGE_SUPERLINK_PORT", 9091))
     fleet_port: int = field(default_factory=lambda: _port("MLEDGE_FLEET_PORT", 9092))
     edge_port: int = field(default_factory=lambda: _port("MLEDGE_EDGE_PORT", 8081))
+    mlflow_gateway_port: int = field(default_factory=lambda: _port("MLEDGE_MLFLOW_GATEWAY_PORT", 5443))
     supernode_port: int = field(default_factory=lambda: _port("MLEDGE_SUPERNODE_PORT", 9094))
     airflow_db_url: str | None = field(default_factory=lambda: os.environ.get("MLEDGE_AIRFLOW_DB_URL") or None)
     # Containers listen on every interface and reach each other by service name; the local stack stays on loopback.
@@ -131,6 +133,11 @@ class Settings:
     @property
     def edge_url(self) -> str:
         return os.environ.get("MLEDGE_EDGE_URL") or f"https://127.0.0.1:{self.edge_port}"
+
+    @property
+    def mlflow_site_url(self) -> str:
+        """Where sites reach MLflow: the MLflow gateway (its REST API only, TLS)."""
+        return os.environ.get("MLEDGE_MLFLOW_SITE_URL") or f"https://127.0.0.1:{self.mlflow_gateway_port}"
 
     def bin(self, env: str, program: str) -> Path:
         return self.venvs / env / "bin" / program

@@ -50,13 +50,13 @@ def accounts(settings: Settings) -> dict[str, Account | None]:
     return {name: identities.ensure_user(name) for name in names}
 
 
-def init_site_data(settings: Settings, batches: int) -> dict:
-    """Give every site at least ``batches`` batches in its own store (existing batches are kept)."""
+def init_site_data(settings: Settings, batches: int, sites: list[str] | None = None) -> dict:
+    """Give every site (or only ``sites``) at least ``batches`` batches in its own store (existing ones are kept)."""
     from mledge.onsite.profiles import site_profile
     from mledge.onsite.store import ensure_batches
 
     added = {}
-    for site in settings.sites:
+    for site in sites or settings.sites:
         new = ensure_batches(settings.site_store(site), site_profile(site), batches)
         if new:
             added[site] = [str(p) for p in new]
@@ -164,7 +164,7 @@ def up(settings: Settings, timeout: float = 180.0, say: Callable[[str], None] = 
             say(f"{'started' if started else 'running'} {component.name}{who} (pid {pid})")
         procs.wait_healthy(group, timeout, _refusal(settings))
 
-    first = [c for c in every if c.name in ("mlflow", "superlink", "gateway-fleet")]
+    first = [c for c in every if c.name in ("mlflow", "superlink", "gateway-fleet", "gateway-mlflow")]
     launch(first)
     # Before anything logs to MLflow: users, the experiments and registered models (made by `platform`), grants.
     applied = mlflow_auth.apply_permissions(settings)

@@ -77,11 +77,10 @@ def _log(settings: Settings, name: str) -> str:
 
 def edge_workers(settings: Settings, user: str = "admin") -> list[dict]:
     """The edge workers Airflow knows, read through its API as ``user`` (whose password the platform keeps)."""
-    from mledge.ops.airflow_api import AirflowClient, password_for
-    from mledge.ops.components import airflow_passwords_file
+    from mledge.ops.airflow_api import AirflowClient
+    from mledge.ops.components import airflow_password
 
-    password = password_for(airflow_passwords_file(settings), user)
-    return AirflowClient(settings.airflow_url, user, password).edge_workers()
+    return AirflowClient(settings.airflow_url, user, airflow_password(settings, user)).edge_workers()
 
 
 def site_worker(workers: list[dict], site: str) -> dict[str, Any]:

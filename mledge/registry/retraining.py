@@ -5,6 +5,7 @@ Also what a finished Flower run left in MLflow for the DAG: which sites failed a
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 from drift.alerts import AlertStore
@@ -50,18 +51,29 @@ def promote_and_resolve(
     return result
 
 
-def run_outcome(flower_run_id: str) -> dict[str, Any]:
-    """Which sites failed in a run and why, and their compute seconds, as the ServerApp recorded them."""
-    import mlflow
-    from mlflow.exceptions import MlflowException
+def run_outcome(flower_run_id: str, platform_home: Path) -> dict[str, Any]:
+    """Which sites failed in a run and why, and their compute seconds, as the ServerApp recorded them: from the
+    run's outbox at the platform (there even while MLflow is down), else from MLflow."""
+    from fl.outbox import Outbox, outbox_dir
+    from fl.protocol import PromotionEvidence
+    from mledge.contracts import EVIDENCE_PATH
 
-    try:
-        run = find_run(mlflow.MlflowClient(), flower_run_id)
-        evidence = read_evidence(run)
-    except (LookupError, MlflowException, OSError, ValueError) as exc:
-        return {"mlflow_run_id": None, "site_failures": {}, "compute_seconds": {}, "note": f"no MLflow record: {exc}"}
+    folder = outbox_dir(platform_home, flower_run_id)
+    documents = Outbox(folder).documents() if folder.exists() else {}
+    if EVIDENCE_PATH in documents:
+        evidence = PromotionEvidence.from_dict(documents[EVIDENCE_PATH])
+        mlflow_run_id = Outbox(folder).published().get("run_id")
+    else:
+        import mlflow
+        from mlflow.exceptions import MlflowException
+
+        try:
+            run = find_run(mlflow.MlflowClient(), flower_run_id)
+            evidence, mlflow_run_id = read_evidence(run), run.info.run_id
+        except (LookupError, MlflowException, OSError, ValueError) as exc:
+            return {"mlflow_run_id": None, "site_failures": {}, "compute_seconds": {}, "note": f"no record: {exc}"}
     return {
-        "mlflow_run_id": run.info.run_id,
+        "mlflow_run_id": mlflow_run_id,
         "site_failures": evidence.failures,
         "compute_seconds": evidence.compute_seconds,
     }

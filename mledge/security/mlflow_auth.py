@@ -267,8 +267,16 @@ def _announce(path: Path, admin: str, password: str) -> None:
     print(f"MLflow: passwords generated in {path} (mode 0600); `{SHOW_COMMAND}` shows the admin's", file=sys.stderr)
 
 
+def password_from_env(identity: str) -> str | None:
+    """An identity's password given by the deployment (``MLEDGE_MLFLOW_PASSWORD_<IDENTITY>``, e.g. from compose's
+    .env): it wins over the secrets file, and nothing is generated for it."""
+    return os.environ.get(f"MLEDGE_MLFLOW_PASSWORD_{identity.upper()}") or None
+
+
 def ensure_users(settings: Settings, matrix: Matrix | None = None) -> dict[str, str]:
     """Every identity's password (and the Flask secret key), generated once and then loaded; identity -> password.
+
+    A password the deployment gives in the environment (``password_from_env``) is used as it is.
 
     Raises ``MlflowAuthError`` when the admin password would be generated anew although the auth database
     already exists: its admin has the old password, which only the lost secrets file knew.
@@ -279,6 +287,9 @@ def ensure_users(settings: Settings, matrix: Matrix | None = None) -> dict[str, 
         data = _read_secrets(path) if path.exists() else {"users": {}, "flask_secret_key": ""}
         users = data["users"]
         admin = matrix.admin.name
+        given = {i.name: p for i in matrix.identities if (p := password_from_env(i.name))}
+        changed = [name for name, p in given.items() if users.get(name) != p]
+        users.update(given)
         new = [i.name for i in matrix.identities if i.name not in users]
         if admin in new and _auth_db_exists(settings):
             raise MlflowAuthError(
@@ -290,7 +301,7 @@ def ensure_users(settings: Settings, matrix: Matrix | None = None) -> dict[str, 
         if not data.get("flask_secret_key"):
             data["flask_secret_key"] = secrets.token_urlsafe(48)
             new.append("flask_secret_key")
-        if new:
+        if new or changed:
             write_private(path, json.dumps(data, indent=2, sort_keys=True) + "\n")
             if admin in new:
                 _announce(path, admin, users[admin])
@@ -312,7 +323,8 @@ def client_env(settings: Settings, identity: str) -> dict[str, str]:
     """The variables a process needs to act as ``identity`` against the tracking server."""
     matrix = load_matrix(sites=settings.sites)
     matrix.identity(identity)  # a clear error for a name the matrix does not know
-    return {"MLFLOW_TRACKING_USERNAME": identity, "MLFLOW_TRACKING_PASSWORD": ensure_users(settings, matrix)[identity]}
+    password = password_from_env(identity) or ensure_users(settings, matrix)[identity]
+    return {"MLFLOW_TRACKING_USERNAME": identity, "MLFLOW_TRACKING_PASSWORD": password}
 
 
 # --- the server's side ------------------------------------------------------------------------------------

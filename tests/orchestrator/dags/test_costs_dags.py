@@ -161,4 +161,4 @@ def test_a_file_source_ingests_through_the_real_command(tmp_path, monkeypatch):
     operator = CloudCostOperator(task_id="ingest", source=SOURCES[0], trailing_days=2, executable=MLEDGE)
     result = operator.execute(context={})
     assert result["source"] == "aws-focus-sample" and (result["from"], result["to"]) == ("2026-11-19", "2026-11-21")
-    assert result["rows"] > 0 and (tmp_path / "costs.db").exists()
+    assert result["rows"] > 0 and (tmp_path / "platform" / "costs.db").exists()

@@ -61,13 +61,16 @@ def test_parse_time_of_every_dag_file_is_reported(dagbag, capsys):
 
 def test_federated_training_shape(dagbag):
     dag = dagbag.dags["federated_training"]
-    order = ["migrate_platform_db", "wait_for_supernodes", "start_flower_run", "await_flower_run",
+    order = ["migrate_platform_db", "wait_for_supernodes", "start_flower_run", "await_flower_run", "publish_run",
              "register_and_promote"]
     assert sorted(dag.task_ids) == sorted([*order, "record_training_cost"])
     assert dag.get_task("migrate_platform_db").upstream_task_ids == set()
     for upstream, downstream in zip(order, order[1:], strict=False):
         assert dag.get_task(downstream).upstream_task_ids == {upstream}
-    assert dag.get_task("record_training_cost").upstream_task_ids == {"await_flower_run"}
+    assert dag.get_task("record_training_cost").upstream_task_ids == {"publish_run"}
+    # Every task may be retried: a retry finds the Flower run, the outbox and the versions its try made.
+    assert all(task.retries >= 2 for task in dag.tasks)
+    assert "--dag-run-id" in dag.get_task("await_flower_run").arguments
     assert dag.get_task("migrate_platform_db").arguments == ["db", "migrate"]
     assert dag.params["min_clients"] == 3
     assert dag.max_active_runs == 1
@@ -166,7 +169,15 @@ def test_concept_drift_evaluation_shape(dagbag):
 def test_data_collection_shape(dagbag):
     dag = dagbag.dags["data_collection"]
     assert dag.catchup is False and dag.schedule is not None
-    assert dag.get_task("collect").downstream_task_ids == {"check_quarantine"}
+    for site in contracts.SITES:  # each site's collection runs at the site, on its own edge worker's queue
+        collect = dag.get_task(f"{site}.collect")
+        assert (collect.queue, collect.executor) == (site, contracts.SITE_EXECUTOR)
+        assert collect.downstream_task_ids == {"check_quarantine"}
+        assert dag.get_task(f"{site}.edge_worker").downstream_task_ids == {f"{site}.collect"}
+        assert dag.get_task(f"{site}.edge_worker").mode == "reschedule"  # holds no worker slot while it waits
+    assert dag.get_task("check_quarantine").queue == "default" and dag.get_task("check_quarantine").trigger_rule == (
+        "all_done"
+    )
     assert dag.params["rows"] == contracts.ROWS_PER_BATCH
     assert _schema(dag, "rows")["minimum"] <= contracts.ROWS_PER_BATCH <= _schema(dag, "rows")["maximum"]
 

@@ -18,8 +18,9 @@ from flwr.supercore.task_identity import TaskIdentity
 
 import fl.clientapp as clientapp
 from fl.model import build_model
+from fl.outbox import GLOBAL, Outbox
 from fl.protocol import ZERO, PromotionEvidence, counts_from, metrics_from_counts
-from fl.serverapp import NotEnoughSitesError, TrainResult, finalise, publish, publish_models, train_rounds
+from fl.serverapp import NotEnoughSitesError, TrainResult, finalise, log_model, publish, train_rounds
 from fl.simulation.harness import CLIENT_APP_RAISED_EXCEPTION, SUPERLINK_NODE_ID, InProcessGrid
 from fl.strategies import MemoryStateStore, build_strategy
 from mledge.contracts import (
@@ -507,7 +508,7 @@ def tracking(tmp_path, monkeypatch):
         mlflow.set_tracking_uri(None)
 
 
-def test_publish_logs_the_evidence_the_site_models_and_the_global_model(make_grid, stores, tracking):
+def test_publish_logs_the_evidence_the_site_models_and_the_global_model(make_grid, stores, tracking, tmp_path):
     reason = break_store(stores["plant_c"], "plant_c")
     grid = make_grid()
     result = train_rounds(
@@ -529,12 +530,16 @@ def test_publish_logs_the_evidence_the_site_models_and_the_global_model(make_gri
         load_champion=Champions({}),
         final_round=ROUNDS + 1,
     )
-    with mlflow.start_run(experiment_id=tracking) as run:
-        publish(result, evidence, ok, step=ROUNDS)
-    uri = publish_models(result, ok, run_id=run.info.run_id, tags={TAG_FLOWER_RUN: "7"})
+    outbox = Outbox(tmp_path / "outbox")
+    outbox.start("rounds", "flower-run-7", {TAG_FLOWER_RUN: "7"}, {"num-server-rounds": ROUNDS})
+    publish(result, evidence, ok, step=ROUNDS, outbox=outbox)
+    run_id = outbox.flush(log_model)
+    assert outbox.pending() == [] and outbox.flush(log_model) == run_id  # a second flush sends nothing twice
 
     client = mlflow.MlflowClient()
-    logged = client.get_run(run.info.run_id).data
+    run = client.get_run(run_id)
+    assert client.get_experiment(run.info.experiment_id).name == "rounds"
+    logged = run.data
     document = json.loads(open(client.download_artifacts(run.info.run_id, EVIDENCE_PATH)).read())
     assert PromotionEvidence.from_dict(document) == evidence
     assert set(document["sites"]) == {"plant_a", "plant_b"}
@@ -543,8 +548,7 @@ def test_publish_logs_the_evidence_the_site_models_and_the_global_model(make_gri
     ]
     assert logged.tags[TAG_FAILED_SITES] == "plant_c"
 
-    logged = client.get_run(run.info.run_id).data  # publish_models tagged the run's record afterwards
-    assert logged.tags[TAG_MODEL_URI] == uri
+    uri = logged.tags[TAG_MODEL_URI]
     assert same_state(mlflow.pytorch.load_model(uri).state_dict(), state_of(result.arrays))
     # Each model in a run of its own, in the experiment its readers may read: the global models', a site's own.
     global_run = client.get_run(logged.tags[TAG_MODEL_RUN])
@@ -558,7 +562,7 @@ def test_publish_logs_the_evidence_the_site_models_and_the_global_model(make_gri
         assert logged.metrics[f"holdout/{site}/candidate_f1"] == pytest.approx(evidence.sites[site].candidate["f1"])
         assert logged.metrics[f"recent/{site}/personal_f1"] == pytest.approx(evidence.sites[site].personal["f1"])
     assert site_model_tag("plant_c") not in logged.tags
-    history = client.get_metric_history(run.info.run_id, "eval_f1")
+    history = client.get_metric_history(run_id, "eval_f1")
     assert [m.step for m in history] == [ROUNDS]
 
 
@@ -631,3 +635,28 @@ def test_a_site_reporting_impossible_metrics_is_refused_and_the_round_goes_on(st
     (reason,) = result.failures["plant_b"]
     assert reason.startswith("round 1 train: reply refused:") and problem in reason
     assert "plant_b/eval_f1" not in sink.at(0) and "plant_b" not in result.compute  # nothing of it was used
+
+
+def test_an_mlflow_outage_loses_nothing_and_doubles_nothing(tmp_path, tracking, monkeypatch):
+    """Metrics and models wait in the outbox while MLflow is unreachable; the next flush sends each once."""
+    outbox = Outbox(tmp_path / "outbox")
+    outbox.start("rounds", "flower-run-8", {TAG_FLOWER_RUN: "8"}, {})
+    outbox.log_metrics({"eval_f1": 0.25}, step=0)
+    good = mlflow.get_tracking_uri()
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://127.0.0.1:9")  # nothing listens on the discard port
+    mlflow.set_tracking_uri("http://127.0.0.1:9")
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
+    with pytest.raises(Exception):  # noqa: B017 - any transport error: the point is what stays behind
+        outbox.flush(log_model, attempts=1)
+    outbox.log_metrics({"eval_f1": 0.5}, step=1)
+    outbox.put_model(GLOBAL, build_model(seed=3).state_dict())
+    assert outbox.pending() == ["2 metric record(s)", "model global"]
+
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", good)
+    mlflow.set_tracking_uri(good)
+    run_id = outbox.flush(log_model)
+    outbox.flush(log_model)
+    client = mlflow.MlflowClient()
+    assert [(m.step, m.value) for m in client.get_metric_history(run_id, "eval_f1")] == [(0, 0.25), (1, 0.5)]
+    assert len(client.search_runs([client.get_experiment_by_name(GLOBAL_MODELS_EXPERIMENT).experiment_id])) == 1
+    assert outbox.pending() == []

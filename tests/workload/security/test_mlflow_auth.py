@@ -60,13 +60,21 @@ def _settings(home: Path, port: int = 5000) -> Settings:
 
 
 def test_matrix_names_are_the_ones_the_code_uses():
-    from mledge.contracts import EXPERIMENT, GLOBAL_MODEL, SITES, site_model_name
+    from mledge.contracts import (
+        EXPERIMENT,
+        GLOBAL_MODEL,
+        GLOBAL_MODELS_EXPERIMENT,
+        SITES,
+        site_model_name,
+        site_models_experiment,
+    )
     from mledge.contracts import drift_experiment as experiment_name
 
     names = {str(r) for r in MATRIX.resources}
-    expected = {f"experiment:{EXPERIMENT}", f"registered_model:{GLOBAL_MODEL}"}
+    expected = {f"experiment:{EXPERIMENT}", f"experiment:{GLOBAL_MODELS_EXPERIMENT}", f"registered_model:{GLOBAL_MODEL}"}
     for site in SITES:
-        expected |= {f"experiment:{experiment_name(site)}", f"registered_model:{site_model_name(site)}"}
+        expected |= {f"experiment:{experiment_name(site)}", f"registered_model:{site_model_name(site)}",
+                     f"experiment:{site_models_experiment(site)}"}
     assert names == expected
     assert set(IDENTITIES) == {"admin", "platform", *SITES}
 

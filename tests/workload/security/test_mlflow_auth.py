@@ -374,11 +374,11 @@ def test_a_site_lists_only_what_it_may_read(server, world):
         me = _rest(server, site)
         _, experiments = me.call("GET", "/api/2.0/mlflow/experiments/search", {"max_results": 100})
         _, models = me.call("GET", "/api/2.0/mlflow/registered-models/search", {"max_results": 100})
-        readable = {r.name for r in MATRIX.resources if MATRIX.granted(site, r)}
+        readable = [r for r in MATRIX.resources if MATRIX.granted(site, r)]
         assert {e["name"] for e in experiments.get("experiments", [])} == {
-            n for n in readable if n.startswith("drift-")}
+            r.name for r in readable if r.kind == "experiment"}
         assert {m["name"] for m in models.get("registered_models", [])} == {
-            n for n in readable if not n.startswith("drift-")}
+            r.name for r in readable if r.kind == "registered_model"}
 
 
 def test_only_the_platform_creates_experiments_and_models(server, applied):

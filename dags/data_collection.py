@@ -19,6 +19,7 @@ from airflow.timetables.trigger import CronTriggerTimetable
 
 from mledge.contracts import COLLECTION_DAG_ID, ROWS_PER_BATCH, SITES, USE_CASE
 from operators.mledge import MledgeOperator
+from operators.notifiers import RunFailedNotifier
 from operators.sites import WORKER_WAIT_S, EdgeWorkerSensor, at_site
 
 WORKER_WAIT = int(os.environ.get("MLEDGE_EDGE_WORKER_WAIT_S") or WORKER_WAIT_S)
@@ -38,13 +39,17 @@ with DAG(
     },
     tags=["mledge", USE_CASE, "data"],
     doc_md=__doc__,
+    on_failure_callback=RunFailedNotifier(),  # mail (operators/notifiers.py; MLEDGE_NOTIFY_EMAIL)
 ) as dag:
     collected = []
     for site in SITES:
         with TaskGroup(group_id=site):
             collect = MledgeOperator(
                 task_id="collect",
-                arguments=["drift", "collect", "--site", site, "--rows", "{{ params.rows }}"],
+                # The run id makes a retried collection find the batch it made: one batch per run and site.
+                arguments=[
+                    "drift", "collect", "--site", site, "--rows", "{{ params.rows }}", "--run-id", "{{ run_id }}",
+                ],
                 **at_site(site),
             )
             EdgeWorkerSensor(task_id="edge_worker", site=site, timeout=WORKER_WAIT) >> collect

@@ -16,7 +16,7 @@ from __future__ import annotations
 import argparse
 import logging
 
-from mledge.cli.common import add, group, positive, share
+from mledge.cli.common import add, at_site, group, positive, share
 from mledge.contracts import (
     ALERT_ACTIONS,
     ALERT_STATUSES,
@@ -56,6 +56,11 @@ def cmd_sites(args: argparse.Namespace, settings: Settings) -> list[str]:
     return list(settings.sites)
 
 
+def _cap(args: argparse.Namespace) -> dict:
+    return {"max_file_bytes": args.max_file_bytes} if args.max_file_bytes else {}
+
+
+@at_site
 def cmd_collect(args: argparse.Namespace, settings: Settings) -> dict:
     from mledge.onsite.profiles import drift_schedule, site_profile
     from mledge.onsite.store import collect_batch
@@ -64,7 +69,10 @@ def cmd_collect(args: argparse.Namespace, settings: Settings) -> dict:
     drift_schedule()  # a broken MLEDGE_DRIFT_SCHEDULE fails here, naming the file, before any site collects
     results = {}
     for site in sites:
-        result = collect_batch(settings.site_store(site), site_profile(site), args.rows, args.max_nan_share)
+        result = collect_batch(
+            settings.site_store(site), site_profile(site), args.rows, args.max_nan_share,
+            run_id=args.run_id, **_cap(args),
+        )
         for item in result["quarantined"]:
             log.warning("site %s: quarantined %s: %s", site, item["file"], item["reason"])
         results[site] = result
@@ -75,11 +83,12 @@ def cmd_collect(args: argparse.Namespace, settings: Settings) -> dict:
     }
 
 
+@at_site
 def cmd_accept(args: argparse.Namespace, settings: Settings) -> dict:
     from mledge.onsite.store import accept_incoming
 
     site = _site(settings, args.site)
-    result = accept_incoming(settings.site_store(site), site, args.max_nan_share)
+    result = accept_incoming(settings.site_store(site), site, args.max_nan_share, **_cap(args))
     for item in result["quarantined"]:
         log.warning("site %s: quarantined %s: %s", site, item["file"], item["reason"])
     return result
@@ -170,9 +179,15 @@ def register(commands: argparse._SubParsersAction) -> None:
     p.add_argument("--site", help="only this site (default: every registered site)")
     p.add_argument("--rows", type=positive, default=None, help="rows per batch (default: the site's profile)")
     p.add_argument("--max-nan-share", type=share, default=0.0, help="share of rows with missing values allowed")
+    p.add_argument("--run-id", default=None,
+                   help="idempotency key (the Airflow run id): a retried run finds the batch it made and adds none")
+    p.add_argument("--max-file-bytes", type=positive, default=None,
+                   help="largest incoming file read (default 100 MiB); larger ones are quarantined unparsed")
     p = add(group_, "accept", cmd_accept, "validate the files waiting in a site's incoming/ folder")
     p.add_argument("--site", required=True)
     p.add_argument("--max-nan-share", type=share, default=0.0, help="share of rows with missing values allowed")
+    p.add_argument("--max-file-bytes", type=positive, default=None,
+                   help="largest incoming file read (default 100 MiB); larger ones are quarantined unparsed")
 
     p = add(group_, "check-unprocessed", cmd_check_unprocessed, "a site's unevaluated batches and reference window")
     p.add_argument("--site", required=True)

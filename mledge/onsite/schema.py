@@ -39,3 +39,18 @@ SCALES = {
 # The model's input, in order: one-hot product type, then the scaled quantities.
 FEATURE_NAMES = (*(f"type_{t}" for t in TYPES), *SCALES)
 N_FEATURES = len(FEATURE_NAMES)
+
+# What a working sensor of an AI4I-like machine can record, as (lowest, highest, unit); a reading outside is a broken
+# sensor, a unit error (degrees Celsius where kelvin are due) or a broken export, never drift. The generator's
+# physics (mledge/onsite/generator.py) give air 300 K +- about 2 K plus a site's offset of a few kelvin, process
+# air + 10 K +- 1 K, torque N(40, 10) Nm clipped at 0, speed 1540 rpm - 16 rpm/Nm around 40 Nm +- 60 rpm, and tools
+# replaced or failed by 240 min; AI4I 2020 itself spans 295-305 K, 305-314 K, 1168-2886 rpm, 3.8-76.6 Nm and
+# 0-253 min. The ranges below leave margins of several times that spread, so that no plausible plant or drift
+# scenario trips them.
+SENSOR_RANGES = {
+    "air_temperature_k": (250.0, 350.0, "K"),
+    "process_temperature_k": (250.0, 400.0, "K"),
+    "rotational_speed_rpm": (0.0, 6000.0, "rpm"),
+    "torque_nm": (0.0, 200.0, "Nm"),
+    "tool_wear_min": (0.0, 1000.0, "min"),
+}

@@ -28,19 +28,30 @@ def password_for(passwords_file: Path, username: str) -> str:
 
 
 class AirflowClient:
-    def __init__(self, base_url: str, username: str, password: str, timeout: float = 30.0) -> None:
+    def __init__(
+        self, base_url: str, username: str, password: str, timeout: float = 30.0, verify: str | bool | None = None
+    ) -> None:
         self.base_url = base_url.rstrip("/")
         self.timeout = timeout
         self.session = requests.Session()
+        # A CA file (our platform's) or a bool, passed with every request: a session-wide setting would lose to
+        # REQUESTS_CA_BUNDLE (requests lets the environment win over Session.verify).
+        self.verify = verify
         response = self.session.post(
-            f"{self.base_url}/auth/token", json={"username": username, "password": password}, timeout=timeout
+            f"{self.base_url}/auth/token", json={"username": username, "password": password}, timeout=timeout,
+            **self._verify(),
         )
         if response.status_code not in (200, 201):
             raise AirflowApiError(f"login as {username!r} failed: HTTP {response.status_code} {response.text[:200]}")
         self.session.headers["Authorization"] = f"Bearer {response.json()['access_token']}"
 
+    def _verify(self) -> dict[str, Any]:
+        return {} if self.verify is None else {"verify": self.verify}
+
     def _call(self, method: str, path: str, prefix: str = "/api/v2", **kwargs: Any) -> Any:
-        response = self.session.request(method, f"{self.base_url}{prefix}{path}", timeout=self.timeout, **kwargs)
+        response = self.session.request(
+            method, f"{self.base_url}{prefix}{path}", timeout=self.timeout, **self._verify(), **kwargs
+        )
         if response.status_code >= 400:
             raise AirflowApiError(f"{method} {path}: HTTP {response.status_code} {response.text[:300]}")
         return response.json() if response.content else None
@@ -49,7 +60,7 @@ class AirflowClient:
         """Wait until the dag-processor has parsed the DAG; import errors are reported by name."""
         deadline = time.monotonic() + timeout
         while True:
-            response = self.session.get(f"{self.base_url}/api/v2/dags/{dag_id}", timeout=self.timeout)
+            response = self.session.get(f"{self.base_url}/api/v2/dags/{dag_id}", timeout=self.timeout, **self._verify())
             if response.status_code == 200:
                 return response.json()
             errors = self._call("GET", "/importErrors").get("import_errors", [])

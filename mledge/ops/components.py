@@ -16,6 +16,7 @@ telemetry of every library that phones home is off.
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import os
 import secrets
@@ -90,9 +91,57 @@ def platform_env(settings: Settings, environ: Mapping[str, str] = os.environ) ->
         MLEDGE_PLATFORM_HOME=str(home),
         MLEDGE_SUPERLINK_ADDRESS=settings.superlink_address,
         FLWR_HOME=str(settings.flwr_home),
+        **trust(settings.ca_cert),
         **mlflow_auth.client_env(settings, "platform"),
     )
     return env
+
+
+SYSTEM_CA_BUNDLES = ("/etc/ssl/certs/ca-certificates.crt", "/etc/pki/tls/certs/ca-bundle.crt")
+
+
+def bundle_path(ca: Path) -> Path:
+    return ca.with_name("ca-bundle.pem")
+
+
+def write_bundle(ca: Path) -> Path:
+    """Our CA plus the system's public CAs, beside ``ca``: one file that every HTTP client can be pointed at
+    (REQUESTS_CA_BUNDLE replaces, not extends, what requests trusts: our servers and the clouds' must both verify)."""
+    system = next((Path(p) for p in SYSTEM_CA_BUNDLES if Path(p).is_file()), None)
+    if system is None:
+        try:
+            import certifi
+
+            system = Path(certifi.where())
+        except ImportError:
+            system = None
+    text = ca.read_text() + ("\n" + system.read_text() if system else "")
+    path = bundle_path(ca)
+    if not path.exists() or path.read_text() != text:
+        path.write_text(text)
+        os.chmod(path, 0o644)  # public certificates
+    return path
+
+
+def trust(ca: Path) -> dict[str, str]:
+    """What makes a process's HTTP clients (requests, httpx, urllib, MLflow's) verify our servers with our CA,
+    and the public ones as before (``write_bundle`` made the bundle beside it)."""
+    bundle = str(bundle_path(ca))
+    return {"REQUESTS_CA_BUNDLE": bundle, "SSL_CERT_FILE": bundle, "MLFLOW_TRACKING_SERVER_CERT_PATH": bundle}
+
+
+def _loopback(host: str) -> bool:
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return host == "localhost"
+
+
+def tls_context(settings: Settings):
+    """An SSL context verifying with the platform's CA (health checks); None when TLS is off."""
+    import ssl
+
+    return ssl.create_default_context(cafile=str(settings.ca_cert)) if settings.tls else None
 
 
 def site_env(settings: Settings, site: str, environ: Mapping[str, str] = os.environ) -> dict[str, str]:
@@ -105,12 +154,10 @@ def site_env(settings: Settings, site: str, environ: Mapping[str, str] = os.envi
     env.update(
         MLEDGE_DATA_ROOT=str(settings.data_root),
         MLEDGE_SITE=site,
-        REQUESTS_CA_BUNDLE=str(ca),
-        SSL_CERT_FILE=str(ca),
+        **trust(ca),
         # A site reaches MLflow through the MLflow gateway (REST only, TLS verified with its CA copy).
         MLFLOW_TRACKING_URI=settings.mlflow_site_url,
         MLEDGE_MLFLOW_URL=settings.mlflow_site_url,
-        MLFLOW_TRACKING_SERVER_CERT_PATH=str(ca),
         **mlflow_auth.client_env(settings, site),
     )
     return env
@@ -197,9 +244,24 @@ def airflow_env(settings: Settings, environ: Mapping[str, str] = os.environ) -> 
         AIRFLOW__DAG_PROCESSOR__REFRESH_INTERVAL="30",
         # The Edge worker API, mounted on the api-server; sites reach it only through gateway-edge.
         AIRFLOW__EDGE__API_ENABLED="True",
+        **airflow_tls(settings),
         AIRFLOW__EDGE__API_URL=f"{settings.edge_url}/edge_worker/v1/rpcapi",
     )
     return env
+
+
+def airflow_tls(settings: Settings) -> dict[str, str]:
+    """The api-server's TLS (Airflow's own [api] ssl_* settings); its task runners trust the same certificate."""
+    if not settings.tls:
+        return {}
+    from mledge.security import pki
+
+    tls = pki.tls_files(settings.secrets)
+    return {
+        "AIRFLOW__API__SSL_CERT": str(tls.server_cert),
+        "AIRFLOW__API__SSL_KEY": str(tls.server_key),
+        "AIRFLOW__API__SSL_CA_FILE": str(tls.ca_cert),
+    }
 
 
 def edge_worker_env(settings: Settings, site: str, environ: Mapping[str, str] = os.environ) -> dict[str, str]:
@@ -218,15 +280,17 @@ def edge_worker_env(settings: Settings, site: str, environ: Mapping[str, str] = 
         AIRFLOW__EDGE__API_URL=f"{settings.edge_url}/edge_worker/v1/rpcapi",
         AIRFLOW__CORE__EXECUTION_API_SERVER_URL=f"{settings.edge_url}/execution/",
         AIRFLOW__DATABASE__SQL_ALCHEMY_CONN=f"sqlite:///{home / 'unused.db'}",  # a worker never opens it
+        AIRFLOW__API__SSL_CA_FILE=str(site_ca(settings, site)),  # its tasks' Execution API client verifies with it
         AIRFLOW__EDGE__HEARTBEAT_INTERVAL="10",
     )
     return env
 
 
-def _airflow_healthy(url: str) -> Callable[[], bool]:
+def _airflow_healthy(url: str, context: Callable[[], object] | None = None) -> Callable[[], bool]:
     def check() -> bool:
         try:
-            with urllib.request.urlopen(f"{url}/api/v2/monitor/health", timeout=3) as response:
+            ssl_context = context() if context else None
+            with urllib.request.urlopen(f"{url}/api/v2/monitor/health", timeout=3, context=ssl_context) as response:
                 health = json.load(response)
         except (urllib.error.URLError, OSError, ValueError):
             return False
@@ -306,6 +370,11 @@ def components(
     """Every component in start order (platform first); ``accounts``: user name -> Account when enforced."""
     from mledge.security import mlflow_auth, node_keys, pki
 
+    if not settings.tls and not _loopback(settings.bind_host):
+        raise ValueError(
+            f"MLEDGE_TLS=off with MLEDGE_BIND_HOST={settings.bind_host}: Airflow and MLflow would take passwords in "
+            "the clear on a network; plain HTTP is allowed on loopback only"
+        )
     accounts = accounts or {}
     platform = accounts.get(PLATFORM_USER)
     tls = pki.tls_files(settings.secrets)  # paths only: `up` creates the files before anything starts
@@ -335,9 +404,11 @@ def components(
                 "--artifacts-destination", under_home(server["artifacts_destination"]),
                 "--host", settings.bind_host, "--port", str(settings.mlflow_port),
                 "--workers", str(server["workers"]),
+                *(["--uvicorn-opts", f"--ssl-certfile {tls.server_cert} --ssl-keyfile {tls.server_key}"]
+                  if settings.tls else []),
             ],
             mlflow_env,
-            http_ok(f"{settings.mlflow_uri}/health"),
+            http_ok(f"{settings.mlflow_uri}/health", partial(tls_context, settings)),
             home=settings.platform_home,
             account=platform,
             stop_signal=signal.SIGINT,  # SIGINT shuts gunicorn/uvicorn down cleanly
@@ -367,7 +438,7 @@ def components(
             "airflow-api-server",
             [airflow, "api-server", "--host", settings.bind_host, "--port", str(settings.airflow_port)],
             af,
-            http_ok(f"{settings.airflow_url}/api/v2/version"),
+            http_ok(f"{settings.airflow_url}/api/v2/version", partial(tls_context, settings)),
             home=settings.platform_home,
             account=platform,
         ),
@@ -421,4 +492,4 @@ def components(
 
 
 def airflow_healthy(settings: Settings) -> Callable[[], bool]:
-    return _airflow_healthy(settings.airflow_url)
+    return _airflow_healthy(settings.airflow_url, partial(tls_context, settings))

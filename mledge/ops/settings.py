@@ -23,6 +23,7 @@
 | MLEDGE_AIRFLOW_URL      | http://127.0.0.1:<port> | where mledge and tasks reach Airflow's api-server     |
 | MLEDGE_MLFLOW_BACKEND_STORE_URI | mlflow/server.toml | MLflow's tracking store (e.g. postgresql+psycopg2://) |
 | MLEDGE_SIMULATION_SITES | (none)                  | sites whose SuperNode obeys a run's simulated attack  |
+| MLEDGE_TLS              | on                      | Airflow and MLflow speak TLS (off: loopback only)     |
 """
 
 from __future__ import annotations
@@ -115,12 +116,26 @@ class Settings:
         return self.site_home(site) / "edge"
 
     @property
+    def tls(self) -> bool:
+        """Whether Airflow's and MLflow's servers speak TLS (the default; ``MLEDGE_TLS=off`` on loopback only)."""
+        return os.environ.get("MLEDGE_TLS", "on").lower() not in ("off", "0", "false", "no")
+
+    @property
+    def scheme(self) -> str:
+        return "https" if self.tls else "http"
+
+    @property
+    def ca_cert(self) -> Path:
+        """The platform's CA certificate: what its clients verify Airflow, MLflow and the SuperLink with."""
+        return self.secrets / "tls" / "ca.crt"
+
+    @property
     def mlflow_uri(self) -> str:
-        return os.environ.get("MLEDGE_MLFLOW_URL") or f"http://127.0.0.1:{self.mlflow_port}"
+        return os.environ.get("MLEDGE_MLFLOW_URL") or f"{self.scheme}://127.0.0.1:{self.mlflow_port}"
 
     @property
     def airflow_url(self) -> str:
-        return os.environ.get("MLEDGE_AIRFLOW_URL") or f"http://127.0.0.1:{self.airflow_port}"
+        return os.environ.get("MLEDGE_AIRFLOW_URL") or f"{self.scheme}://127.0.0.1:{self.airflow_port}"
 
     @property
     def superlink_address(self) -> str:

@@ -28,6 +28,8 @@ from mledge.ops.components import (
     site_ca,
     superlink_hostnames,
     supernode_registry,
+    trust,
+    write_bundle,
     write_flwr_config,
 )
 from mledge.ops.identities import PLATFORM_USER, Account, site_user
@@ -76,6 +78,7 @@ def prepare(settings: Settings, users: Mapping[str, Account | None]) -> dict:
     for path in (settings.platform_home / "flower", settings.platform_home / "mlflow", settings.airflow_home):
         path.mkdir(parents=True, exist_ok=True)
     tls = pki.ensure_tls(settings.secrets, hostnames=superlink_hostnames())
+    write_bundle(tls.ca_cert)
     write_flwr_config(settings)
     keys = {}
     for site in settings.sites:
@@ -83,6 +86,7 @@ def prepare(settings: Settings, users: Mapping[str, Account | None]) -> dict:
         ca = site_ca(settings, site)
         ca.parent.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(tls.ca_cert, ca)
+        write_bundle(ca)
         settings.edge_home(site).mkdir(parents=True, exist_ok=True)
     return keys
 
@@ -145,6 +149,8 @@ def up(settings: Settings, timeout: float = 180.0, say: Callable[[str], None] = 
                     "prefers /usr/bin/python3.11)"
                 )
     keys = prepare(settings, users)
+    if settings.tls:  # this process talks to the servers it starts: it verifies them with the CA just made
+        os.environ.update(trust(settings.ca_cert))
     procs = processes(settings)
     every = components(settings, settings.logs, users)
     for component in every:

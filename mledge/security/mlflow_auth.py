@@ -25,6 +25,7 @@ import json
 import os
 import re
 import secrets
+import ssl
 import string
 import sys
 import tomllib
@@ -394,7 +395,10 @@ class Rest:
             headers["Authorization"] = f"Basic {token}"
         request = urllib.request.Request(url, data=data, method=method, headers=headers)
         try:
-            with urllib.request.urlopen(request, timeout=self.timeout) as response:
+            context = None
+            if url.startswith("https:"):  # verify our CA (the stack's environment names it)
+                context = ssl.create_default_context(cafile=os.environ.get("MLFLOW_TRACKING_SERVER_CERT_PATH"))
+            with urllib.request.urlopen(request, timeout=self.timeout, context=context) as response:
                 status, raw = response.status, response.read()
         except urllib.error.HTTPError as exc:
             status, raw = exc.code, exc.read()

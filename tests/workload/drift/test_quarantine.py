@@ -72,6 +72,30 @@ BAD = {
     "label not 0/1": (lambda f: _with(f, "machine_failure", 5, 3), ["machine_failure", "0 or 1"]),
     "failure mode not 0/1": (lambda f: _with(f, "osf", 5, 2), ["failure modes", "osf"]),
     "no rows": (lambda f: f.iloc[:0], ["no rows"]),
+    "infinite reading": (
+        lambda f: _with(_with(f, "torque_nm", 3, float("inf")), "torque_nm", 8, float("-inf")),
+        ["non-finite values in torque_nm", "2 row(s)", "CSV lines [5, 10]"],
+    ),
+    "number beyond float range": (
+        lambda f: _with(f, "process_temperature_k", 6, "1e999"),
+        ["non-finite values in process_temperature_k", "1 row(s)", "CSV lines [8]"],
+    ),
+    "temperatures in Celsius": (
+        lambda f: f.assign(air_temperature_k=(f["air_temperature_k"] - 273.15).round(1)),
+        ["out-of-range values in air_temperature_k", "250 to 350 K", "60 row(s)", "CSV lines [2, 3, 4, 5, 6]"],
+    ),
+    "negative speed": (
+        lambda f: _with(f, "rotational_speed_rpm", 2, -1500),
+        ["out-of-range values in rotational_speed_rpm", "1 row(s)", "CSV lines [4]", "-1500"],
+    ),
+    "absurd torque": (
+        lambda f: _with(f, "torque_nm", 9, 4000.0),
+        ["out-of-range values in torque_nm", "0 to 200 Nm", "CSV lines [11]"],
+    ),
+    "absurd tool wear": (
+        lambda f: _with(f, "tool_wear_min", 0, 99999),
+        ["out-of-range values in tool_wear_min", "CSV lines [2]"],
+    ),
 }
 UNREADABLE = {
     "empty file": b"",
@@ -148,7 +172,7 @@ def test_quarantine_never_overwrites_and_batch_numbers_continue(tmp_path, good):
 
     (store / "batches").mkdir()
     (store / "batches" / "batch-000004.csv").write_bytes(_csv(good))  # a gap: numbering goes on after the last
-    _drop(store, "next.csv", _csv(good))
+    _drop(store, "next.csv", _csv(good.assign(udi=good["udi"] + 60)))
     assert accept_incoming(store, "plant_a")["accepted"][0]["batch"] == "batch-000005.csv"
 
 

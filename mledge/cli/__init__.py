@@ -17,6 +17,7 @@ from typing import Any
 
 from mledge.cli import costs, data, drift, fl, models, overview, platform_db, security, sites, stack
 from mledge.cli.common import become_site
+from mledge.ops.components import bundle_path, trust
 from mledge.ops.settings import Settings
 
 log = logging.getLogger("mledge")
@@ -48,6 +49,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     # The same program runs on a laptop, in a container and in an Airflow task: point it at the platform's
     # tracking server and SuperLink connection unless the environment already says where they are.
     os.environ.setdefault("MLFLOW_TRACKING_URI", settings.mlflow_uri)
+    if settings.tls and os.access(bundle_path(settings.ca_cert), os.R_OK):  # verify our servers with our CA
+        os.environ.update(trust(settings.ca_cert))
     os.environ.setdefault("FLWR_HOME", str(settings.flwr_home))
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     # stdout is this program's JSON answer: MLflow must not print "View run ... at" there.

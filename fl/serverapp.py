@@ -20,6 +20,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable, Iterable, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -225,6 +226,35 @@ def _finalise_check(metrics: Mapping[str, float], waited: float) -> list[str]:
     return problems + [f"missing {k}" for k in (NUM_EXAMPLES_KEY, "recent-examples") if k not in metrics]
 
 
+def connected_nodes(
+    grid: Grid, strategy: AggregationStrategy, *, floor: int, wait: float, clock: Callable[[], float] = time.monotonic
+) -> list[int]:
+    """The connected nodes once the strategy's minimum is there, or after ``wait`` seconds if at least ``floor``
+    are; fewer than ``floor`` after ``wait`` fails the round, saying how many were there."""
+    wanted = max(int(getattr(strategy, "min_available_nodes", floor) or floor), floor)
+    deadline = clock() + wait
+    while True:
+        nodes = list(grid.get_node_ids())
+        if len(nodes) >= wanted or (clock() >= deadline and len(nodes) >= floor):
+            return nodes
+        if clock() >= deadline:
+            raise NotEnoughSitesError(f"only {len(nodes)} site(s) connected after {wait:.0f}s; {floor} needed")
+        time.sleep(1.0)
+
+
+@contextmanager
+def sampling_at_most(strategy: AggregationStrategy, available: int):
+    """Let the strategy sample from ``available`` nodes this round (Flower's samplers wait for their minimum)."""
+    saved = {k: getattr(strategy, k) for k in ("min_available_nodes", "min_train_nodes") if hasattr(strategy, k)}
+    for key, value in saved.items():
+        setattr(strategy, key, min(int(value), available))
+    try:
+        yield
+    finally:
+        for key, value in saved.items():
+            setattr(strategy, key, value)
+
+
 def train_rounds(
     grid: Grid,
     strategy: AggregationStrategy,
@@ -236,14 +266,25 @@ def train_rounds(
     timeout: float,
     sink: MetricSink,
     registered: Mapping[int, str] | None = None,
+    node_wait: float = 60.0,
+    clock: Callable[[], float] = time.monotonic,
 ) -> TrainResult:
     """Step 1: ``rounds`` federated rounds from ``arrays``; fails when fewer than ``min_replies`` sites count.
 
-    ``registered``: node id -> site from the SuperNode registry (see TrainResult.registered).
+    ``registered``: node id -> site from the SuperNode registry (see TrainResult.registered). Before each round
+    the connected sites are awaited ``node_wait`` seconds at most (Flower's own sampling would wait forever for
+    its minimum); a round with fewer than the strategy's minimum but at least ``min_replies`` goes on with them,
+    and the missing sites are recorded.
     """
     result = TrainResult(arrays=arrays, registered=dict(registered) if registered is not None else None)
     for rnd in range(1, rounds + 1):
-        messages = list(strategy.configure_train(rnd, result.arrays, train_config, grid))
+        connected = connected_nodes(grid, strategy, floor=min_replies, wait=node_wait, clock=clock)
+        missing = {
+            site for node, site in (result.registered or {}).items() if node not in connected
+        } - set(result.sites.get(n) for n in connected)
+        _record_failures(result.failures, rnd, "train", dict.fromkeys(sorted(missing), "not connected"))
+        with sampling_at_most(strategy, len(connected)):
+            messages = list(strategy.configure_train(rnd, result.arrays, train_config, grid))
         ok, failed = exchange(grid, messages, result, timeout=timeout, what="train", rnd=rnd, check=_train_check)
         _require(ok, failed, min_replies, f"round {rnd}")
         log_evaluation(ok, step=rnd - 1, sink=sink)  # the sites scored the model they received
@@ -403,6 +444,7 @@ def main(grid: Grid, context: Context) -> None:
         timeout=timeout,
         sink=live_sink(outbox),
         registered=registered_sites(mledge_home() / SUPERNODE_REGISTRY),
+        node_wait=float(cfg.get("node-wait-s", timeout)),
     )
     evidence, ok = finalise(
         grid,

@@ -176,6 +176,7 @@ class InProcessGrid(Grid):
             for node, config in nodes.items()
         }
         self.silent: set[int] = set(silent)
+        self.offline: set[int] = set()  # nodes not connected at all: get_node_ids leaves them out
         self.drop = drop
         self.record = record
         self.received: list[Message] = []
@@ -220,7 +221,7 @@ class InProcessGrid(Grid):
         return Message(content, dst_node_id=dst_node_id, message_type=message_type, ttl=ttl, group_id=group_id)
 
     def get_node_ids(self) -> list[int]:
-        return list(self.contexts)
+        return [node for node in self.contexts if node not in self.offline]
 
     def push_messages(self, messages: Iterable[Message]) -> list[str]:
         ids = []

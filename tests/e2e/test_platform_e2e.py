@@ -57,15 +57,17 @@ class Platform:
         self.home, self.env = home, env
         self.platform_home, self.sites = home / "platform", home / "sites"
         self.secrets = self.platform_home / "secrets"
-        self.airflow_url = f"http://127.0.0.1:{airflow_port}"
-        self.mlflow_url = f"http://127.0.0.1:{mlflow_port}"
+        # TLS with the platform's own CA (the bundle beside it also holds the system's public CAs).
+        self.airflow_url = f"https://127.0.0.1:{airflow_port}"
+        self.mlflow_url = f"https://127.0.0.1:{mlflow_port}"
+        self.ca = str(self.secrets / "tls" / "ca-bundle.pem")
 
     def mledge(self, *args: str, timeout: float = 300) -> subprocess.CompletedProcess:
         return run_mledge(self.env, *args, timeout=timeout)
 
     def airflow(self, user: str = "admin") -> AirflowClient:
         password = password_for(self.secrets / "airflow_passwords.json", user)
-        return AirflowClient(self.airflow_url, user, password)
+        return AirflowClient(self.airflow_url, user, password, verify=self.ca)
 
     def mlflow_login(self, identity: str = "platform") -> tuple[str, str]:
         users = json.loads((self.secrets / "mlflow_users.json").read_text())["users"]
@@ -112,7 +114,9 @@ def platform(deployment_home, airflow_db_url, free_ports):
         up = stack.mledge("stack", "up", "--batches", "2")
         assert up.returncode == 0, f"stack up failed:\n{up.stderr[-3000:]}\n{stack.logs()}"
         pids = json.loads(up.stdout)
-        yield stack
+        with pytest.MonkeyPatch.context() as trust:  # the test's own requests verify the stack's TLS
+            trust.setenv("REQUESTS_CA_BUNDLE", stack.ca)
+            yield stack
     finally:
         down = stack.mledge("stack", "down")
         assert down.returncode == 0, down.stderr

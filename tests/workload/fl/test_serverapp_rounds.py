@@ -660,3 +660,21 @@ def test_an_mlflow_outage_loses_nothing_and_doubles_nothing(tmp_path, tracking, 
     assert [(m.step, m.value) for m in client.get_metric_history(run_id, "eval_f1")] == [(0, 0.25), (1, 0.5)]
     assert len(client.search_runs([client.get_experiment_by_name(GLOBAL_MODELS_EXPERIMENT).experiment_id])) == 1
     assert outbox.pending() == []
+
+
+def test_a_site_that_is_not_connected_does_not_stall_the_round(make_grid):
+    """Flower's sampling waits forever for its minimum; the ServerApp waits a bounded time and goes on."""
+    grid = make_grid()
+    grid.offline.add(13)  # plant_c's SuperNode is gone
+    result = train_rounds(
+        grid, fedavg(), ArrayRecord(build_model(seed=1).state_dict()), rounds=2, train_config=train_config(),
+        min_replies=2, timeout=30, sink=Sink(), registered=NODES, node_wait=0.2,
+    )
+    assert result.failures == {"plant_c": ["round 1 train: not connected", "round 2 train: not connected"]}
+    assert set(result.compute) == {"plant_a", "plant_b"}
+    grid.offline.add(12)
+    with pytest.raises(NotEnoughSitesError, match="only 1 site\\(s\\) connected after 0s; 2 needed"):
+        train_rounds(
+            grid, fedavg(), ArrayRecord(build_model(seed=1).state_dict()), rounds=1, train_config=train_config(),
+            min_replies=2, timeout=30, sink=Sink(), registered=NODES, node_wait=0.2,
+        )

@@ -501,6 +501,7 @@ def tracking(tmp_path, monkeypatch):
     monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
     monkeypatch.setenv("MLFLOW_SKIP_PIP_REQUIREMENTS_CHECK", "true")
     monkeypatch.delenv("MLFLOW_REGISTRY_URI", raising=False)
+    monkeypatch.chdir(tmp_path)  # experiments the ServerApp creates keep MLflow's default ./mlruns artifact root
     mlflow.set_tracking_uri(uri)
     try:
         yield mlflow.create_experiment("rounds", artifact_location=(tmp_path / "artifacts").as_uri())

@@ -15,6 +15,7 @@ import logging
 import os
 import pwd
 import shutil
+import stat
 import subprocess
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -62,13 +63,18 @@ def ensure_user(name: str) -> Account:
 
 
 def own(path: Path, account: Account | None, mode: int = 0o700) -> None:
-    """``path`` (a folder) belongs to ``account``, recursively, and only its owner may enter it."""
+    """``path`` (a folder) belongs to ``account``, recursively, only its owner may enter it, and nothing in it
+    is open to group or others (what a process with a looser umask wrote before, a database say, included)."""
     path.mkdir(parents=True, exist_ok=True)
-    if account is not None:
-        for root, dirs, files in os.walk(path):
-            os.chown(root, account.uid, account.gid, follow_symlinks=False)
-            for name in (*dirs, *files):
-                os.chown(Path(root) / name, account.uid, account.gid, follow_symlinks=False)
+    for root, dirs, files in os.walk(path):
+        for entry in (Path(root), *(Path(root) / name for name in (*dirs, *files))):
+            info = entry.lstat()
+            if stat.S_ISLNK(info.st_mode):
+                continue
+            if account is not None and (info.st_uid, info.st_gid) != (account.uid, account.gid):
+                os.chown(entry, account.uid, account.gid, follow_symlinks=False)
+            if info.st_mode & 0o077:
+                os.chmod(entry, stat.S_IMODE(info.st_mode) & ~0o077)
     os.chmod(path, mode)
 
 

@@ -133,6 +133,14 @@ def up(settings: Settings, timeout: float = 180.0, say: Callable[[str], None] = 
     (mlflow/permissions.toml); each site's public key registered with the SuperLink; then Airflow, the Edge
     gateway, and each site's SuperNode and edge worker.
     """
+    previous = os.umask(0o077)  # what this process writes (secrets, databases, keys) is private from the start
+    try:
+        return _up(settings, timeout, say)
+    finally:
+        os.umask(previous)
+
+
+def _up(settings: Settings, timeout: float, say: Callable[[str], None]) -> dict[str, int]:
     from mledge.db import migrate
     from mledge.security import mlflow_auth, node_keys
 

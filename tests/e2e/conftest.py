@@ -40,6 +40,7 @@ def stack_env(home: Path, ports: Mapping[str, int], **extra: str) -> dict[str, s
         MLEDGE_SUPERLINK_PORT=str(ports["superlink"]),
         MLEDGE_FLEET_PORT=str(ports["fleet"]),
         MLEDGE_EDGE_PORT=str(ports["edge"]),
+        MLEDGE_MLFLOW_GATEWAY_PORT=str(ports["mlflow_gateway"]),
         MLEDGE_SUPERNODE_PORT=str(ports["supernode"]),
         MLEDGE_VENVS=str(BIN.parent.parent),  # the environments of the interpreter running the tests
         **extra,
@@ -48,10 +49,10 @@ def stack_env(home: Path, ports: Mapping[str, int], **extra: str) -> dict[str, s
 
 
 def stack_ports(free_ports, start: int) -> dict[str, int]:
-    """Free ports for one stack: Airflow, MLflow, the SuperLink, both gateways, and three SuperNodes."""
-    airflow, mlflow, superlink, fleet, edge, supernode, *_ = free_ports(8, start=start)
+    """Free ports for one stack: Airflow, MLflow, the SuperLink, the three gateways, and three SuperNodes."""
+    airflow, mlflow, superlink, fleet, edge, mlflow_gateway, supernode, *_ = free_ports(9, start=start)
     return {"airflow": airflow, "mlflow": mlflow, "superlink": superlink, "fleet": fleet, "edge": edge,
-            "supernode": supernode}
+            "mlflow_gateway": mlflow_gateway, "supernode": supernode}
 
 
 def run_mledge(env: Mapping[str, str], *args: str, timeout: float = 300) -> subprocess.CompletedProcess:

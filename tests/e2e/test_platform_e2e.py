@@ -110,6 +110,7 @@ def platform(deployment_home, airflow_db_url, free_ports):
     if airflow_db_url:
         env["MLEDGE_AIRFLOW_DB_URL"] = airflow_db_url
     stack = Platform(home, env, ports["airflow"], ports["mlflow"])
+    stack.ports = ports
     try:
         up = stack.mledge("stack", "up", "--batches", "2")
         assert up.returncode == 0, f"stack up failed:\n{up.stderr[-3000:]}\n{stack.logs()}"
@@ -130,6 +131,7 @@ def site_owns(site_home: Path, *paths: Path) -> None:
     owner = site_home.stat()
     for path in paths:
         os.chown(path, owner.st_uid, owner.st_gid)
+        os.chmod(path, 0o600)
 
 
 def run_dag(platform: Platform, dag_id: str, conf: dict) -> tuple[str, str, dict[str, str]]:
@@ -438,6 +440,162 @@ def test_status_reports_sites_runs_and_models(platform):
     (model,) = [m for m in status["registered_models"] if m["name"] == GLOBAL_MODEL]
     assert [v["version"] for v in model["versions"]] == ["3", "2", "1"]
     assert "champion" in model["aliases"]
+
+
+# --- The security audit's findings (issue 12), tried again on the running stack ---------------------------
+
+
+def test_the_sites_door_to_flower_serves_only_the_fleet_api(platform):
+    """Finding 1: Control and Runtime APIs, /docs and the OpenAPI schema share the SuperLink's one port; sites
+    reach it only through gateway-fleet, which passes the Fleet API alone, and the SuperLink listens on loopback."""
+    fleet = f"https://127.0.0.1:{platform.ports['fleet']}"
+    for path in ("/v1/control/start-run", "/v1/control/list-runs", "/v1/control/list-nodes",
+                 "/v1/control/register-node", "/v1/serverappio/pull-messages", "/docs", "/openapi.json",
+                 "/v1/fleet/../control/list-runs"):
+        reply = requests.post(fleet + path, data=b"", timeout=30)
+        assert reply.status_code == 404, (path, reply.status_code)
+    # The Fleet API itself answers through the door, and still wants a registered node's signature.
+    unsigned = requests.post(fleet + "/v1/fleet/get-run", data=b"", timeout=30)
+    assert unsigned.status_code not in (200, 404), unsigned.status_code
+    # Edge and MLflow doors: nothing of the Airflow UI/REST API or of MLflow's UI.
+    edge = f"https://127.0.0.1:{platform.ports['edge']}"
+    for path in ("/api/v2/dags", "/auth/token", "/edge_worker/ui/worker", "/"):
+        assert requests.get(edge + path, timeout=30).status_code == 404, path
+    mlflow_door = f"https://127.0.0.1:{platform.ports['mlflow_gateway']}"
+    for path in ("/", "/static-files/index.html", "/api/2.0/mlflow/users/create", "/graphql"):
+        assert requests.get(mlflow_door + path, timeout=30).status_code == 404, path
+
+
+def _processes_of(platform: Platform) -> dict[int, str]:
+    """Every process the stack runs, children included: pid -> component (by process group and by user)."""
+    running = json.loads(platform.mledge("stack", "status").stdout)
+    groups = {state["pid"]: name for name, state in running.items() if state.get("pid")}
+    found: dict[int, str] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:  # gone meanwhile
+            continue
+        if int(fields[2]) in groups:  # field 5 of /proc/<pid>/stat: the process group
+            found[int(stat.parent.name)] = groups[int(fields[2])]
+    return found
+
+
+def _listening(pids: set[int]) -> list[tuple[str, str]]:
+    """(address, hex local address) of every TCP socket in LISTEN that one of ``pids`` holds."""
+    inodes = set()
+    for pid in pids:
+        for fd in Path(f"/proc/{pid}/fd").glob("*"):
+            try:
+                target = os.readlink(fd)
+            except OSError:
+                continue
+            if target.startswith("socket:["):
+                inodes.add(target[8:-1])
+    found = []
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        for line in Path(table).read_text().splitlines()[1:]:
+            fields = line.split()
+            if fields[3] == "0A" and fields[9] in inodes:  # 0A: LISTEN
+                found.append((table, fields[1]))
+    return found
+
+
+LOOPBACK = ("0100007F:", "00000000000000000000000001000000:", "0000000000000000FFFF00000100007F:")
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="reading other users' sockets needs root (CI runs as root)")
+def test_every_process_of_the_stack_listens_on_loopback_only(platform):
+    """Finding 9 and its class: no log server, health server or API of any component on another address."""
+    pids = _processes_of(platform)
+    assert {"airflow-triggerer", "superlink", "supernode-plant_a", "edge-worker-plant_a"} <= set(pids.values())
+    listening = _listening(set(pids))
+    assert len(listening) >= 6  # Airflow, MLflow, the SuperLink, three gateways, SuperNodes' ClientAppIo
+    assert [where for where in listening if not where[1].startswith(LOOPBACK)] == []
+
+
+def test_the_platforms_web_servers_speak_tls_1_2_or_newer_only(platform):
+    """Finding 11: passwords never cross in the clear, and old TLS is refused."""
+    import socket
+    import ssl
+
+    for port in (platform.ports["airflow"], platform.ports["mlflow"], platform.ports["edge"],
+                 platform.ports["mlflow_gateway"], platform.ports["fleet"]):
+        with pytest.raises(requests.exceptions.ConnectionError):
+            requests.get(f"http://127.0.0.1:{port}/", timeout=30)
+        old = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+        old.load_verify_locations(platform.ca)
+        old.check_hostname = False
+        old.minimum_version = ssl.TLSVersion.TLSv1
+        old.maximum_version = ssl.TLSVersion.TLSv1_1
+        with socket.create_connection(("127.0.0.1", port), timeout=30) as raw, pytest.raises(ssl.SSLError):
+            old.wrap_socket(raw).close()
+        good = ssl.create_default_context(cafile=platform.ca)
+        with socket.create_connection(("127.0.0.1", port), timeout=30) as raw:
+            with good.wrap_socket(raw, server_hostname="127.0.0.1") as tls:
+                assert tls.version() in ("TLSv1.2", "TLSv1.3"), port
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="reading other users' environments needs root (CI runs as root)")
+def test_no_site_process_holds_a_credential_of_the_platform_or_another_site(platform):
+    """Finding 4 and its class, after the `stack up` of a running stack above (the audit's case): every process of
+    a site, children included, holds only its own site's secrets, and the edge workers' documented signing key."""
+    secrets = known_secrets(platform.home)
+    checked = 0
+    for pid, component in _processes_of(platform).items():
+        if not component.endswith(SITES):
+            continue
+        site = component.rsplit("-", 1)[1]
+        try:
+            environ = Path(f"/proc/{pid}/environ").read_bytes().decode(errors="replace")
+        except OSError:  # gone meanwhile
+            continue
+        held = [where for where, value in secrets.items() if value in environ
+                and not where.endswith(f":{site}") and "JWT_SECRET" not in where]
+        assert held == [], (component, pid, held)
+        checked += 1
+    assert checked >= 2 * len(SITES)
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="own Unix users need root (CI runs as root)")
+def test_nothing_in_a_home_is_open_to_other_users(platform):
+    """Finding 5: databases, logs, stores, MLflow's auth database: owner only, whatever wrote them."""
+    homes = [platform.platform_home, *(platform.sites / site for site in SITES)]
+    open_to_others = [
+        f"{oct(path.lstat().st_mode & 0o777)} {path}"
+        for home in homes for path in (home, *home.rglob("*"))
+        if not path.is_symlink() and path.lstat().st_mode & 0o077
+    ]
+    assert open_to_others == []
+
+
+def _load_as_site(platform: Platform, site: str, model: str) -> subprocess.CompletedProcess:
+    """A site's own identity loads ``model``'s champion through the MLflow gateway, as its SuperNode would."""
+    env = dict(platform.env)
+    env.update(
+        MLFLOW_TRACKING_URI=f"https://127.0.0.1:{platform.ports['mlflow_gateway']}",
+        MLFLOW_TRACKING_USERNAME=site,
+        MLFLOW_TRACKING_PASSWORD=json.loads((platform.secrets / "mlflow_users.json").read_text())["users"][site],
+        MLFLOW_TRACKING_SERVER_CERT_PATH=platform.ca,
+    )
+    code = f"import mlflow.pytorch; print(type(mlflow.pytorch.load_model('models:/{model}@champion')).__name__)"
+    return subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300)
+
+
+def test_a_site_loads_its_own_and_the_global_champion_and_no_other(platform):
+    """Finding 10: a site downloads the models it is entitled to with its own identity, and nothing else."""
+    own = _load_as_site(platform, "plant_a", "plant_a-axis_failures-federated")
+    assert own.returncode == 0, own.stderr[-3000:]
+    shared = _load_as_site(platform, "plant_a", GLOBAL_MODEL)
+    assert shared.returncode == 0, shared.stderr[-3000:]
+    other = _load_as_site(platform, "plant_a", "plant_b-axis_failures-federated")
+    assert other.returncode != 0 and "PERMISSION_DENIED" in other.stderr, other.stderr[-3000:]
+
+
+def test_no_drift_report_left_its_site(platform):
+    """Finding 3: Evidently's HTML (row-ordered series, exact extremes) stays in the site's home."""
+    assert list((platform.platform_home / "mlflow").rglob("*.html")) == []
+    assert any(platform.sites.glob("*/drift/**/*.html"))
 
 
 def known_secrets(home: Path) -> dict[str, str]:

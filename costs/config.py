@@ -2,7 +2,13 @@
 
 Each ``[[source]]`` has a unique ``name``, a ``kind`` (focus_files, aws_cost_explorer, gcp_bigquery,
 azure_cost_management), optionally the Airflow ``connection`` its credentials come from, and kind-specific
-options. Errors name the file and the source. Reading the file is cheap (tomllib only), so DAG files may do it at
+options (``focus_files``: ``paths``, optionally ``version``; any source: ``project_tag_key``). Errors name the
+file and the source.
+
+Project attribution (``[settings]``): ``project_tag_key`` (default ``mledge-project``), ``project_tag_keys`` (a
+table ProviderName -> key, for providers that spell it differently, e.g. ``Owner`` and ``owner``),
+``tag_keys_case_insensitive`` (match keys whatever their case) and ``site_tag_key`` (default ``mledge-site``).
+A source's own ``project_tag_key`` wins over both. Reading the file is cheap (tomllib only), so DAG files may do it at
 parse time.
 """
 
@@ -14,6 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from costs.focus import FOCUS_VERSIONS, TagRule
 from costs.sources.base import CostSource
 
 DATA = Path(__file__).resolve().parent / "data"
@@ -51,6 +58,15 @@ class CostConfig:
     project_tag_key: str
     trailing_days: int
     sources: tuple[SourceConfig, ...]
+    project_tag_keys: dict[str, str] = field(default_factory=dict)
+    tag_keys_case_insensitive: bool = False
+    site_tag_key: str = "mledge-site"
+
+    def tag_rule(self, source: SourceConfig | None = None) -> TagRule:
+        """How rows of ``source`` find their project and site."""
+        own = source.options.get("project_tag_key") if source is not None else None
+        return TagRule(own or self.project_tag_key, {} if own else dict(self.project_tag_keys),
+                       self.tag_keys_case_insensitive, self.site_tag_key)
 
     def source(self, name: str) -> SourceConfig:
         for source in self.sources:
@@ -80,6 +96,16 @@ def load_config(path: Path | None = None) -> CostConfig:
         raise ConfigError(f"{path}: settings.project_tag_key must be a non-empty string")
     if not isinstance(trailing, int) or trailing < 1:
         raise ConfigError(f"{path}: settings.trailing_days must be a positive integer, not {trailing!r}")
+    per_provider = settings.get("project_tag_keys", {})
+    if not isinstance(per_provider, dict) or not all(isinstance(k, str) and isinstance(v, str) and v
+                                                     for k, v in per_provider.items()):
+        raise ConfigError(f"{path}: settings.project_tag_keys must be a table of ProviderName = \"tag key\"")
+    insensitive = settings.get("tag_keys_case_insensitive", False)
+    if not isinstance(insensitive, bool):
+        raise ConfigError(f"{path}: settings.tag_keys_case_insensitive must be true or false")
+    site_key = settings.get("site_tag_key", "mledge-site")
+    if not isinstance(site_key, str) or not site_key:
+        raise ConfigError(f"{path}: settings.site_tag_key must be a non-empty string")
     sources = []
     seen: set[str] = set()
     for index, entry in enumerate(document.get("source", []), start=1):
@@ -98,10 +124,15 @@ def load_config(path: Path | None = None) -> CostConfig:
             paths = entry.get("paths")
             if not isinstance(paths, list) or not paths or not all(isinstance(p, str) for p in paths):
                 raise ConfigError(f"{where}: 'paths' must be a non-empty list of glob patterns")
+            if entry.get("version") is not None and entry["version"] not in FOCUS_VERSIONS:
+                raise ConfigError(f"{where}: version {entry['version']!r} is not one of {', '.join(FOCUS_VERSIONS)}")
+        if "project_tag_key" in entry and (not isinstance(entry["project_tag_key"], str)
+                                           or not entry["project_tag_key"]):
+            raise ConfigError(f"{where}: 'project_tag_key' must be a non-empty string")
         options = {k: v for k, v in entry.items() if k not in ("name", "kind", "provider", "connection")}
         connection = entry.get("connection") or DEFAULT_CONNECTIONS.get(kind)
         sources.append(SourceConfig(name, kind, entry.get("provider", ""), connection, options, path.parent))
-    return CostConfig(path, tag_key, trailing, tuple(sources))
+    return CostConfig(path, tag_key, trailing, tuple(sources), dict(per_provider), insensitive, site_key)
 
 
 def build_source(config: SourceConfig, tag_key: str = "mledge-project") -> CostSource:
@@ -110,7 +141,8 @@ def build_source(config: SourceConfig, tag_key: str = "mledge-project") -> CostS
     if config.kind == "focus_files":
         from costs.sources.focus_files import FocusFileSource
 
-        return FocusFileSource(config.name, options["paths"], provider=config.provider, base=config.base)
+        return FocusFileSource(config.name, options["paths"], provider=config.provider, base=config.base,
+                               version=options.get("version"))
     if config.kind == "aws_cost_explorer":
         from costs.sources.aws_cost_explorer import AwsCostExplorerSource
 

@@ -44,7 +44,7 @@ def demo_summary(store: CostStore, config: CostConfig, *, project: str = "axis_f
         if reason:
             ingested.append({"source": source.name, "skipped": reason})
             continue
-        result = ingest(source, store, start, end, tag_key=config.project_tag_key)
+        result = ingest(source, store, start, end, tag_rule=config.tag_rule(source_config))
         ingested.append({"source": source.name, "rows": result.rows})
     report = cost_report(store, project, start, end)
     offers = load_offers(store)

@@ -12,18 +12,24 @@ datetimes in UTC.
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
-from decimal import ROUND_HALF_UP, Decimal, InvalidOperation
+from decimal import ROUND_HALF_UP, Context, Decimal, InvalidOperation
 from functools import cache
 from typing import Any
 
-FOCUS_VERSION = "1.2"
+FOCUS_VERSION = "1.2"  # the newest version read; files of 1.0 and 1.1 are read too (see FOCUS_COLUMNS)
+FOCUS_VERSIONS = ("1.0", "1.1", "1.2")
 AMOUNT_PLACES = 10
+QUANTITY_PLACES = 18  # quantities and unit prices: request counts in the billions, prices of 1e-10 USD per unit
 _QUANTUM = Decimal(1).scaleb(-AMOUNT_PLACES)
+# The largest amount every store keeps exactly: SQLite holds 1e-10 units in a signed 64-bit integer.
+MAX_AMOUNT = Decimal(2**63 - 1).scaleb(-AMOUNT_PLACES)
+MAX_QUANTITY = Decimal("99999999999999999999.999999999999999999")  # the largest decimal128(38, 18) and NUMERIC(38, 18)
 
-# Mandatory FOCUS 1.2 columns: a FOCUS file without one of them is rejected as a whole.
+# Mandatory FOCUS columns (1.0 to 1.2): a FOCUS file without one of them is rejected as a whole.
 MANDATORY_COLUMNS = (
     "BilledCost",
     "BillingAccountId",
@@ -47,37 +53,47 @@ MANDATORY_COLUMNS = (
     "ServiceCategory",
     "ServiceName",
 )
-# Conditional columns we keep when a file has them.
-OPTIONAL_COLUMNS = ("RegionId", "ResourceId", "SkuId", "SubAccountId", "Tags")
+# Every column of each FOCUS version (Cost and Usage dataset). 1.0 has 43; 1.1 adds 7; 1.2 adds 7 more (57).
+_FOCUS_1_0 = (
+    "AvailabilityZone", "BilledCost", "BillingAccountId", "BillingAccountName", "BillingCurrency",
+    "BillingPeriodEnd", "BillingPeriodStart", "ChargeCategory", "ChargeClass", "ChargeDescription",
+    "ChargeFrequency", "ChargePeriodEnd", "ChargePeriodStart", "CommitmentDiscountCategory", "CommitmentDiscountId",
+    "CommitmentDiscountName", "CommitmentDiscountStatus", "CommitmentDiscountType", "ConsumedQuantity",
+    "ConsumedUnit", "ContractedCost", "ContractedUnitPrice", "EffectiveCost", "InvoiceIssuerName", "ListCost",
+    "ListUnitPrice", "PricingCategory", "PricingQuantity", "PricingUnit", "ProviderName", "PublisherName",
+    "RegionId", "RegionName", "ResourceId", "ResourceName", "ResourceType", "ServiceCategory", "ServiceName",
+    "SkuId", "SkuPriceId", "SubAccountId", "SubAccountName", "Tags",
+)
+_ADDED_1_1 = ("CapacityReservationId", "CapacityReservationStatus", "CommitmentDiscountQuantity",
+              "CommitmentDiscountUnit", "ServiceSubcategory", "SkuMeter", "SkuPriceDetails")
+_ADDED_1_2 = ("BillingAccountType", "InvoiceId", "PricingCurrency", "PricingCurrencyContractedUnitPrice",
+              "PricingCurrencyEffectiveCost", "PricingCurrencyListUnitPrice", "SubAccountType")
+FOCUS_COLUMNS: dict[str, tuple[str, ...]] = {
+    "1.0": _FOCUS_1_0,
+    "1.1": _FOCUS_1_0 + _ADDED_1_1,
+    "1.2": _FOCUS_1_0 + _ADDED_1_1 + _ADDED_1_2,
+}
+ALL_FOCUS_COLUMNS = FOCUS_COLUMNS["1.2"]
+# Kinds of columns. Money: Decimal with AMOUNT_PLACES; quantities and unit prices: Decimal with QUANTITY_PLACES.
+MONEY_COLUMNS = ("BilledCost", "EffectiveCost", "ListCost", "ContractedCost", "PricingCurrencyEffectiveCost")
+QUANTITY_COLUMNS = ("PricingQuantity", "ConsumedQuantity", "CommitmentDiscountQuantity", "ListUnitPrice",
+                    "ContractedUnitPrice", "PricingCurrencyContractedUnitPrice", "PricingCurrencyListUnitPrice")
+TIMESTAMP_COLUMNS = ("BillingPeriodStart", "BillingPeriodEnd", "ChargePeriodStart", "ChargePeriodEnd")
+TEXT_COLUMNS = tuple(c for c in ALL_FOCUS_COLUMNS
+                     if c not in MONEY_COLUMNS + QUANTITY_COLUMNS + TIMESTAMP_COLUMNS)
+# Rows of one batch whose every other column is equal are one charge split over several lines: these add up.
+ADDITIVE_COLUMNS = MONEY_COLUMNS + ("PricingQuantity", "ConsumedQuantity", "CommitmentDiscountQuantity")
+# Conditional columns we keep when a file has them (kept for callers of the row API).
+OPTIONAL_COLUMNS = tuple(c for c in ALL_FOCUS_COLUMNS if c not in MANDATORY_COLUMNS)
+
+
+def _snake(name: str) -> str:
+    return re.sub(r"(?<!^)(?=[A-Z])", "_", name).lower()
+
 
 # CostRow attribute -> FOCUS column (or our x_ extra), in storage order.
 COLUMNS: dict[str, str] = {
-    "billed_cost": "BilledCost",
-    "effective_cost": "EffectiveCost",
-    "list_cost": "ListCost",
-    "contracted_cost": "ContractedCost",
-    "billing_currency": "BillingCurrency",
-    "billing_account_id": "BillingAccountId",
-    "billing_account_name": "BillingAccountName",
-    "billing_period_start": "BillingPeriodStart",
-    "billing_period_end": "BillingPeriodEnd",
-    "charge_period_start": "ChargePeriodStart",
-    "charge_period_end": "ChargePeriodEnd",
-    "charge_category": "ChargeCategory",
-    "charge_class": "ChargeClass",
-    "charge_description": "ChargeDescription",
-    "pricing_quantity": "PricingQuantity",
-    "pricing_unit": "PricingUnit",
-    "provider_name": "ProviderName",
-    "publisher_name": "PublisherName",
-    "invoice_issuer_name": "InvoiceIssuerName",
-    "service_category": "ServiceCategory",
-    "service_name": "ServiceName",
-    "region_id": "RegionId",
-    "resource_id": "ResourceId",
-    "sku_id": "SkuId",
-    "sub_account_id": "SubAccountId",
-    "tags": "Tags",
+    **{_snake(c): c for c in ALL_FOCUS_COLUMNS},
     "x_project": "x_project",
     "x_site": "x_site",
     "x_estimated": "x_estimated",
@@ -155,6 +171,72 @@ class CostRow:
     x_project: str | None = None
     x_site: str | None = None
     x_estimated: bool = False
+    # The other FOCUS 1.0-1.2 columns (aggregated APIs leave them empty; export files fill them).
+    availability_zone: str | None = None
+    billing_account_type: str | None = None
+    capacity_reservation_id: str | None = None
+    capacity_reservation_status: str | None = None
+    charge_frequency: str | None = None
+    commitment_discount_category: str | None = None
+    commitment_discount_id: str | None = None
+    commitment_discount_name: str | None = None
+    commitment_discount_quantity: Decimal | None = None
+    commitment_discount_status: str | None = None
+    commitment_discount_type: str | None = None
+    commitment_discount_unit: str | None = None
+    consumed_quantity: Decimal | None = None
+    consumed_unit: str | None = None
+    contracted_unit_price: Decimal | None = None
+    invoice_id: str | None = None
+    list_unit_price: Decimal | None = None
+    pricing_category: str | None = None
+    pricing_currency: str | None = None
+    pricing_currency_contracted_unit_price: Decimal | None = None
+    pricing_currency_effective_cost: Decimal | None = None
+    pricing_currency_list_unit_price: Decimal | None = None
+    region_name: str | None = None
+    resource_name: str | None = None
+    resource_type: str | None = None
+    service_subcategory: str | None = None
+    sku_meter: str | None = None
+    sku_price_details: str | None = None
+    sku_price_id: str | None = None
+    sub_account_name: str | None = None
+    sub_account_type: str | None = None
+
+
+@dataclass(frozen=True)
+class TagRule:
+    """Which tag names a row's project (and site): one key per provider, optionally compared case-insensitively.
+
+    Providers spell tag keys differently (AWS and Azure ``Owner``, GCP labels ``owner``; AWS Data Exports prefix
+    user tags with ``user:``). ``per_provider`` maps a FOCUS ProviderName to its key; other providers use
+    ``default_key``. With ``case_insensitive`` the key matches whatever its case in the data.
+    """
+
+    default_key: str = "mledge-project"
+    per_provider: Mapping[str, str] = field(default_factory=dict)
+    case_insensitive: bool = False
+    site_key: str = "mledge-site"
+
+    def key_for(self, provider: str | None) -> str:
+        return self.per_provider.get(provider or "", self.default_key)
+
+    def lookup(self, tags: Mapping[str, str], key: str) -> str | None:
+        """The value of ``key`` (or AWS's ``user:key``) in ``tags``; empty values count as absent."""
+        value = tags.get(key)
+        if value is None:
+            value = tags.get(f"user:{key}")
+        if value is None and self.case_insensitive:
+            wanted = {key.casefold(), f"user:{key}".casefold()}
+            value = next((v for k, v in tags.items() if k.casefold() in wanted and v), None)
+        return value or None
+
+    def project(self, tags: Mapping[str, str], provider: str | None) -> str | None:
+        return self.lookup(tags, self.key_for(provider))
+
+    def site(self, tags: Mapping[str, str]) -> str | None:
+        return self.lookup(tags, self.site_key)
 
 
 @cache
@@ -176,10 +258,7 @@ def service_category(service_name: str) -> str:
 
 def project_of(tags: Mapping[str, str], tag_key: str) -> str | None:
     """The federated project a row belongs to: its ``tag_key`` tag (AWS exports write user tags as ``user:key``)."""
-    value = tags.get(tag_key)
-    if value is None:
-        value = tags.get(f"user:{tag_key}")
-    return value or None
+    return TagRule(tag_key).lookup(tags, tag_key)
 
 
 def parse_amount(value: Any, source: str, field_name: str, *, location: str | None = None,
@@ -199,7 +278,19 @@ def parse_amount(value: Any, source: str, field_name: str, *, location: str | No
         raise CostDataError(source, field_name, f"{value!r} is not a number", location=location) from None
     if not amount.is_finite():
         raise CostDataError(source, field_name, f"{value!r} is not a finite number", location=location)
-    return amount.quantize(_QUANTUM, rounding=ROUND_HALF_UP)
+    check_range(amount, source, field_name, location=location)
+    return amount.quantize(_QUANTUM, rounding=ROUND_HALF_UP, context=_WIDE)
+
+
+_WIDE = Context(prec=60)
+
+
+def check_range(amount: Decimal, source: str, field_name: str, *, location: str | None = None,
+                limit: Decimal = MAX_AMOUNT) -> None:
+    """Refuse an amount the store cannot keep exactly (it would overflow SQLite's 64-bit units)."""
+    if abs(amount) > limit:
+        raise CostDataError(source, field_name, f"{amount} is out of range (the store keeps amounts up to "
+                            f"±{limit})", location=location)
 
 
 def parse_timestamp(value: Any, source: str, field_name: str, *, location: str | None = None) -> datetime:
@@ -257,7 +348,19 @@ def validate(row: CostRow, source: str, *, location: str | None = None) -> CostR
                                 location=location)
         if not amount.is_finite():
             raise CostDataError(source, COLUMNS[name], f"{amount} is not a finite number", location=location)
+        check_range(amount, source, COLUMNS[name], location=location)
         # More than AMOUNT_PLACES places are rounded by the store (half away from zero, on every database).
+    for column in MONEY_COLUMNS + QUANTITY_COLUMNS:
+        name = _snake(column)
+        if name in AMOUNT_FIELDS:
+            continue
+        value = getattr(row, name)
+        if value is None:
+            continue
+        if not isinstance(value, Decimal) or not value.is_finite():
+            raise CostDataError(source, column, f"{value!r} is not a finite Decimal", location=location)
+        check_range(value, source, column, location=location,
+                    limit=MAX_AMOUNT if column in MONEY_COLUMNS else MAX_QUANTITY)
     for name in REQUIRED_TEXT:
         if not getattr(row, name):
             raise CostDataError(source, COLUMNS[name], "is empty", location=location)

@@ -7,6 +7,11 @@ done by the database on exact columns (see ``costs.dbtypes``) and printed as dec
 
 The window is [from, to): ``to`` is exclusive, like FOCUS's ChargePeriodEnd. Rows in several currencies are
 never added together: name one with ``currency``.
+
+``sharing`` splits the project's cost in the window among its sites (see ``costs.sharing``): every run with
+shares recorded in the window costs its training rows plus a part of the project's cloud bill in the window (all
+of it, divided among the runs in proportion to their compute cost, or equally when that is zero), and that total
+is split by the run's stored shares. Cloud cost with no shared run in the window is reported as unallocated.
 """
 
 from __future__ import annotations
@@ -78,6 +83,77 @@ def cost_report(store: CostStore, project: str, start: date, end: date, *, metri
         "by_day": [{"day": str(d), "provider": p, "cost": _amount(c)} for d, p, c in by_day],
         "by_source": {source: _amount(cost) for source, cost in by_source},
         "projects": [{"project": p, "cost": _amount(c)} for p, c in projects],
+        "sharing": sharing(store, project, start, end, metric=metric, currency=currency),
+    }
+
+
+def _run_of(resource_id: str) -> tuple[str, str] | None:
+    """(Flower run id, site) of a training row's ResourceId ``mledge:flower-run/<run>/site/<site>``."""
+    from costs.training import RESOURCE_PREFIX
+
+    if not resource_id or not resource_id.startswith(RESOURCE_PREFIX):
+        return None
+    run, _, site = resource_id[len(RESOURCE_PREFIX):].partition("/site/")
+    return (run, site) if run and site else None
+
+
+def sharing(store: CostStore, project: str, start: date, end: date, *, metric: str = "EffectiveCost",
+            currency: str | None = None) -> dict:
+    """The project's cost in [start, end) split among its sites, run by run (the Costs page's share column)."""
+    from costs.sharing import split, stored_shares
+    from costs.training import TRAINING_SOURCE
+
+    amount = cost_rows.c[metric]
+    window = [cost_rows.c.x_project == project, cost_rows.c.ChargePeriodStart >= day_start(start),
+              cost_rows.c.ChargePeriodStart < day_start(end)]
+    if currency:
+        window.append(cost_rows.c.BillingCurrency == currency)
+    with store.engine.connect() as conn:
+        training = conn.execute(select(cost_rows.c.ResourceId, func.sum(amount))
+                                .where(*window, cost_rows.c.x_source == TRAINING_SOURCE)
+                                .group_by(cost_rows.c.ResourceId)).all()
+        cloud = conn.execute(select(func.sum(amount)).where(*window, cost_rows.c.x_source != TRAINING_SOURCE)
+                             ).scalar_one() or Decimal(0)
+    compute: dict[str, dict[str, Decimal]] = {}
+    for resource, cost in training:
+        owner = _run_of(resource)
+        if owner is not None:
+            compute.setdefault(owner[0], {})[owner[1]] = cost or Decimal(0)
+    shared = stored_shares(store, project, start, end)
+    run_compute = {run: sum(compute.get(run, {}).values(), Decimal(0)) for run in shared}
+    weight_total = sum(run_compute.values(), Decimal(0))
+    cloud_parts = (split(cloud, {r: c / weight_total for r, c in run_compute.items()}) if weight_total else
+                   split(cloud, {r: Decimal(1) / len(shared) for r in shared}) if shared else {})
+    runs, by_site = [], {}
+    for run, entry in shared.items():
+        total = run_compute[run] + cloud_parts.get(run, Decimal(0))
+        amounts = split(total, entry["shares"])
+        sites = []
+        for site in sorted(entry["shares"]):
+            own = compute.get(run, {}).get(site, Decimal(0))
+            sites.append({"site": site, "share": _amount(entry["shares"][site]), "amount": _amount(amounts[site]),
+                          "compute_cost": _amount(own)})
+            slot = by_site.setdefault(site, {"amount": Decimal(0), "compute_cost": Decimal(0), "runs": 0})
+            slot["amount"] += amounts[site]
+            slot["compute_cost"] += own
+            slot["runs"] += 1
+        runs.append({"flower_run_id": run, "day": entry["day"].isoformat(), "rule": entry["rule"],
+                     "compute_cost": _amount(run_compute[run]), "cloud_cost": _amount(cloud_parts.get(run)),
+                     "total": _amount(total), "sites": sites})
+    shared_total = sum((s["amount"] for s in by_site.values()), Decimal(0))
+    unshared = {run: sum(c.values(), Decimal(0)) for run, c in compute.items() if run not in shared}
+    rules = sorted({r["rule"] for r in runs})
+    return {
+        "rule": rules[0] if len(rules) == 1 else ("mixed" if rules else None),
+        "shared_total": _amount(shared_total),
+        "cloud_cost": _amount(cloud),
+        "unallocated": _amount((Decimal(0) if shared else cloud) + sum(unshared.values(), Decimal(0))),
+        "unshared_runs": sorted(unshared),
+        "by_site": [{"site": site, "share": _amount((v["amount"] / shared_total).quantize(Decimal("1E-10"))
+                                                    if shared_total else Decimal(0)),
+                     "amount": _amount(v["amount"]), "compute_cost": _amount(v["compute_cost"]), "runs": v["runs"]}
+                    for site, v in sorted(by_site.items())],
+        "runs": runs,
     }
 
 

@@ -1,30 +1,35 @@
-"""The cost store: SQLAlchemy 2 Core tables in FOCUS column names, migrated by Alembic, idempotent bulk upserts.
+"""The cost store: SQLAlchemy 2 Core tables in FOCUS column names, migrated by Alembic, columnar day writes.
 
-Where: ``MLEDGE_COST_DB_URL`` (e.g. ``postgresql+psycopg2://user@host/db``), else ``sqlite:///$MLEDGE_HOME/costs.db``.
-Opening a store runs ``alembic upgrade head`` programmatically (no alembic.ini), under a lock so that parallel
-Airflow tasks do not race to create the tables.
+Where: ``MLEDGE_COST_DB_URL`` (``postgresql+psycopg://user@host/db``; psycopg2 URLs work too), else
+``sqlite:///$MLEDGE_HOME/costs.db``. Opening a store runs ``alembic upgrade head`` programmatically (no
+alembic.ini), under a lock so that parallel Airflow tasks do not race to create the tables.
 
-Natural key: ``(x_source, x_row_key)``, where ``x_row_key`` is the charge period's start (YYYYMMDDHHMM, for index
-locality) and a digest of everything that identifies a charge (provider, account, period, category, description,
-service, region, resource, SKU, unit, tags, site) and none of its amounts. Rows of one batch that share a key
-are summed first (a database upsert cannot touch one row twice in a statement). ``write_day`` upserts a source's
-day and then deletes that day's rows the same ingestion run did not write (a charge that disappeared from a
-re-issued export), all in one transaction: re-running a day neither duplicates nor loses a row.
+``cost_rows`` keeps every FOCUS 1.0-1.2 column (57) plus ``x_`` extras: project, site, source, estimate flag,
+FOCUS version and delivery read, ingestion run. Natural key: ``(x_source, x_row_key)``, see ``costs.columnar``.
 
-Bulk paths, chosen by database: SQLite, one ``executemany`` of ``INSERT ... ON CONFLICT DO UPDATE`` with the
-parameters already in storage form; PostgreSQL with psycopg2, ``COPY`` (text format, built by one join per row)
-into a temporary table, then one ``INSERT ... SELECT ... ON CONFLICT DO UPDATE``; PostgreSQL with another driver,
-SQLAlchemy's executemany.
+``write_day`` writes one source's day from an Arrow table in one transaction:
+
+- the day's fingerprint (``cost_days``) and stored row count equal the new ones: nothing is written
+  ("unchanged"; a daily re-read of a trailing window mostly finds this);
+- nothing is stored for the day: the rows go straight in ("inserted");
+- otherwise the rows go into a temporary staging table, then one ``INSERT ... SELECT ... ON CONFLICT DO UPDATE``
+  rewrites only the rows whose values changed, and the day's rows whose key is not in the batch (a charge gone
+  from a re-issued export) are deleted ("replaced").
+
+Bulk paths: PostgreSQL ``COPY ... FROM STDIN (FORMAT csv)`` of the CSV Arrow writes in C++ (psycopg 3, or
+psycopg2's ``copy_expert``); SQLite through ADBC's SQLite driver (``adbc_ingest`` binds Arrow arrays in C), with
+amounts as integer 1e-10 units and timestamps as the text SQLAlchemy reads. Other databases (and in-memory
+SQLite) go through SQLAlchemy's executemany, which is slow but the same.
 """
 
 from __future__ import annotations
 
-import hashlib
 import io
 import json
 import os
 from collections.abc import Iterable
-from datetime import UTC, datetime
+from dataclasses import dataclass
+from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
@@ -43,7 +48,6 @@ from sqlalchemy import (
     Table,
     Text,
     UniqueConstraint,
-    bindparam,
     create_engine,
     delete,
     event,
@@ -53,8 +57,16 @@ from sqlalchemy import (
 )
 from sqlalchemy.engine import Connection, Engine
 
-from costs.dbtypes import Money, to_sqlite_units
-from costs.focus import COLUMNS, CostDataError, CostRow
+from costs.dbtypes import Money, Quantity
+from costs.focus import (
+    ALL_FOCUS_COLUMNS,
+    MONEY_COLUMNS,
+    QUANTITY_COLUMNS,
+    TIMESTAMP_COLUMNS,
+    CostDataError,
+    CostRow,
+    day_start,
+)
 from mledge.db.migrate import upgrade
 
 MIGRATIONS = Path(__file__).resolve().parent / "migrations"
@@ -63,45 +75,62 @@ _ID = BigInteger().with_variant(Integer, "sqlite")  # SQLite autoincrements INTE
 
 metadata = MetaData()
 
+# Text columns of 0001 keep their sizes; columns added later are TEXT.
+_SIZES = {"BillingCurrency": 3, "BillingAccountId": 200, "BillingAccountName": 400, "ChargeCategory": 20,
+          "ChargeClass": 20, "PricingUnit": 100, "ProviderName": 100, "PublisherName": 200, "InvoiceIssuerName": 200,
+          "ServiceCategory": 100, "ServiceName": 300, "RegionId": 100, "SkuId": 300, "SubAccountId": 200}
+_NOT_NULL = {"BilledCost", "EffectiveCost", "BillingCurrency", "BillingAccountId", "ChargePeriodStart",
+             "ChargePeriodEnd", "ChargeCategory", "ProviderName", "ServiceName"}
+# Storage order of 0001, then what 0002 added.
+_ORDER_0001 = ("BilledCost", "EffectiveCost", "ListCost", "ContractedCost", "BillingCurrency", "BillingAccountId",
+               "BillingAccountName", "BillingPeriodStart", "BillingPeriodEnd", "ChargePeriodStart", "ChargePeriodEnd",
+               "ChargeCategory", "ChargeClass", "ChargeDescription", "PricingQuantity", "PricingUnit", "ProviderName",
+               "PublisherName", "InvoiceIssuerName", "ServiceCategory", "ServiceName", "RegionId", "ResourceId",
+               "SkuId", "SubAccountId", "Tags")
+ADDED_0002 = tuple(c for c in ALL_FOCUS_COLUMNS if c not in _ORDER_0001)
+
+
+def focus_column_type(name: str) -> Any:
+    """The SQL type of a FOCUS column in the store."""
+    if name in MONEY_COLUMNS:
+        return Money()
+    if name in QUANTITY_COLUMNS:
+        return Quantity()
+    if name in TIMESTAMP_COLUMNS:
+        return DateTime()
+    return String(_SIZES[name]) if name in _SIZES else Text()
+
+
 cost_rows = Table(
     "cost_rows",
     metadata,
     Column("id", _ID, primary_key=True, autoincrement=True),
     Column("x_source", String(200), nullable=False),
     Column("x_row_key", String(48), nullable=False),
-    Column("BilledCost", Money(), nullable=False),
-    Column("EffectiveCost", Money(), nullable=False),
-    Column("ListCost", Money()),
-    Column("ContractedCost", Money()),
-    Column("BillingCurrency", String(3), nullable=False),
-    Column("BillingAccountId", String(200), nullable=False),
-    Column("BillingAccountName", String(400)),
-    Column("BillingPeriodStart", DateTime()),
-    Column("BillingPeriodEnd", DateTime()),
-    Column("ChargePeriodStart", DateTime(), nullable=False),
-    Column("ChargePeriodEnd", DateTime(), nullable=False),
-    Column("ChargeCategory", String(20), nullable=False),
-    Column("ChargeClass", String(20)),
-    Column("ChargeDescription", Text()),
-    Column("PricingQuantity", Money()),
-    Column("PricingUnit", String(100)),
-    Column("ProviderName", String(100), nullable=False),
-    Column("PublisherName", String(200)),
-    Column("InvoiceIssuerName", String(200)),
-    Column("ServiceCategory", String(100)),
-    Column("ServiceName", String(300), nullable=False),
-    Column("RegionId", String(100)),
-    Column("ResourceId", Text()),
-    Column("SkuId", String(300)),
-    Column("SubAccountId", String(200)),
-    Column("Tags", Text()),
+    *[Column(name, focus_column_type(name), nullable=name not in _NOT_NULL) for name in _ORDER_0001],
     Column("x_project", String(200)),
     Column("x_site", String(100)),
     Column("x_estimated", Boolean(), nullable=False, default=False),
     Column("x_ingestion_run", Integer()),
+    *[Column(name, focus_column_type(name)) for name in ADDED_0002],
+    Column("x_focus_version", String(8)),
+    Column("x_delivery", Text()),
     UniqueConstraint("x_source", "x_row_key", name="uq_cost_rows_natural_key"),
     Index("ix_cost_rows_source_period", "x_source", "ChargePeriodStart"),
     Index("ix_cost_rows_project_period", "x_project", "ChargePeriodStart"),
+)
+
+# What is stored per source and day: the fingerprint of its content, so that an unchanged day is not rewritten.
+cost_days = Table(
+    "cost_days",
+    metadata,
+    Column("x_source", String(200), primary_key=True),
+    Column("day", Date(), primary_key=True),
+    Column("rows", Integer(), nullable=False),
+    Column("fingerprint", String(64), nullable=False),
+    Column("x_ingestion_run", Integer()),
+    Column("x_delivery", Text()),
+    Column("written_at", DateTime(), nullable=False),
 )
 
 ingestion_runs = Table(
@@ -150,17 +179,43 @@ price_offers = Table(
     UniqueConstraint("provider", "region", "instance_type", name="uq_price_offers_offer"),
 )
 
-# Storage order of a cost row's values (after id): FOCUS names and extras, keyed by the CostRow attribute.
-_VALUE_COLUMNS = [c for c in cost_rows.columns if c.name not in ("id",)]
-_VALUE_NAMES = [c.name for c in _VALUE_COLUMNS]
-_ATTRIBUTE_OF = {column: attribute for attribute, column in COLUMNS.items()}
-_AMOUNT_INDEXES = [_VALUE_NAMES.index(n) for n in ("BilledCost", "EffectiveCost", "ListCost", "ContractedCost",
-                                                  "PricingQuantity")]
-_KEY_FIELDS = (
-    "provider_name", "billing_account_id", "sub_account_id", "charge_period_start", "charge_period_end",
-    "charge_category", "charge_class", "charge_description", "service_name", "region_id", "resource_id", "sku_id",
-    "pricing_unit", "x_site",
+# Each federated run's cost split among its sites (costs.sharing): one row per run and site.
+cost_shares = Table(
+    "cost_shares",
+    metadata,
+    Column("id", Integer(), primary_key=True, autoincrement=True),
+    Column("flower_run_id", String(100), nullable=False),
+    Column("x_project", String(200), nullable=False),
+    Column("site", String(100), nullable=False),
+    Column("day", Date(), nullable=False),  # the run's day (its training cost rows' ChargePeriodStart)
+    Column("rule", String(40), nullable=False),  # contribution (Shapley), leave_one_out, data_size, equal
+    Column("x_cost_share", Money(), nullable=False),  # the fraction of the run's cost this site bears, 0..1
+    Column("contribution", Quantity()),  # the site's contribution score before normalising (rule's units)
+    Column("examples", Integer()),  # held-out examples the site scored (its data size)
+    Column("details", Text()),  # JSON: the inputs and settings the share was computed from
+    Column("computed_at", DateTime(), nullable=False),
+    UniqueConstraint("flower_run_id", "site", name="uq_cost_shares_run_site"),
+    Index("ix_cost_shares_project_day", "x_project", "day"),
 )
+
+# Storage order of a cost row's values (after id).
+VALUE_NAMES = [c.name for c in cost_rows.columns if c.name != "id"]
+_COMPARED = [n for n in VALUE_NAMES if n not in ("x_source", "x_row_key", "x_ingestion_run")]
+
+
+class StoreDataError(Exception):
+    """The database refused a day's values (a text too long, a constraint): that day fails, others go on."""
+
+    def __init__(self, field: str, problem: str) -> None:
+        super().__init__(f"field {field!r}: {problem}")
+        self.field = field
+        self.problem = problem
+
+
+@dataclass(frozen=True)
+class DayOutcome:
+    rows: int
+    action: str  # inserted, replaced, unchanged
 
 
 def default_url(home: Path) -> str:
@@ -172,45 +227,6 @@ def default_url(home: Path) -> str:
     return f"sqlite:///{home / 'costs.db'}"
 
 
-def _tags_json(tags: dict[str, str]) -> str | None:
-    return json.dumps(tags, sort_keys=True, separators=(",", ":"), ensure_ascii=False) if tags else None
-
-
-def _stamp_text(value: datetime | None) -> str:
-    """A timestamp as the key digest reads it (and as SQLAlchemy's SQLite DateTime stores it)."""
-    return "" if value is None else value.isoformat(sep=" ", timespec="microseconds")
-
-
-def _key_text(row: CostRow, start: str, end: str, tags_json: str | None) -> str:
-    # Everything that identifies a charge, none of its amounts; "" stands for null.
-    return (f"{row.provider_name}\x1f{row.billing_account_id}\x1f{row.sub_account_id or ''}\x1f{start}\x1f{end}"
-            f"\x1f{row.charge_category}\x1f{row.charge_class or ''}\x1f{row.charge_description or ''}"
-            f"\x1f{row.service_name}\x1f{row.region_id or ''}\x1f{row.resource_id or ''}\x1f{row.sku_id or ''}"
-            f"\x1f{row.pricing_unit or ''}\x1f{row.x_site or ''}\x1f{tags_json or ''}")
-
-
-def row_key(row: CostRow, tags_json: str | None) -> str:
-    """The natural key of one row: its charge period's start (YYYYMMDDHHMM) and a digest of what identifies the
-    charge (none of its amounts). The time prefix keeps a day's keys together in the unique index, so that
-    ingesting a day touches a few index pages instead of random ones all over a large index."""
-    start = _stamp_text(row.charge_period_start)
-    text = _key_text(row, start, _stamp_text(row.charge_period_end), tags_json)
-    return _key_prefix(start) + hashlib.blake2b(text.encode(), digest_size=16).hexdigest()
-
-
-def _key_prefix(start: str) -> str:
-    # "2026-11-01 00:00:00.000000" -> "202611010000"
-    return start[0:4] + start[5:7] + start[8:10] + start[11:13] + start[14:16]
-
-
-def _add(a: Decimal | None, b: Decimal | None) -> Decimal | None:
-    if a is None:
-        return b
-    if b is None:
-        return a
-    return a + b
-
-
 class CostStore:
     """One cost database. ``CostStore(url)`` migrates it to the newest schema on first use."""
 
@@ -220,6 +236,7 @@ class CostStore:
         if url.startswith("sqlite"):
             kwargs["connect_args"] = {"timeout": 120}  # parallel tasks wait for the writer instead of failing
         self.engine: Engine = create_engine(url, **kwargs)
+        self._adbc_connection: Any = None
         if self.engine.dialect.name == "sqlite":
             event.listen(self.engine, "connect", _sqlite_pragmas)
         self._migrate()
@@ -229,6 +246,9 @@ class CostStore:
         return self.engine.dialect.name
 
     def dispose(self) -> None:
+        if self._adbc_connection is not None:
+            self._adbc_connection.close()
+            self._adbc_connection = None
         self.engine.dispose()
 
     # --- schema ----------------------------------------------------------------------------------------------
@@ -272,131 +292,185 @@ class CostStore:
 
     # --- rows ------------------------------------------------------------------------------------------------
 
-    def write_day(self, source: str, start: datetime, end: datetime, rows: Iterable[CostRow], run_id: int) -> int:
-        """Upsert a source's rows for [start, end) and drop that window's rows this run did not write; one
-        transaction. Returns the number of distinct rows written."""
-        return self.write_prepared(source, start, end, self.prepare(rows, source, run_id), run_id)
+    def write_day(self, source: str, day: date, table: Any, run_id: int, *, delivery: str | None = None) -> DayOutcome:
+        """Make the stored rows of ``source`` on ``day`` exactly ``table``'s (the store's Arrow schema plus
+        ``x_row_key``, keys unique), in one transaction; see the module's description."""
+        from costs.columnar import fingerprint
 
-    def write_prepared(self, source: str, start: datetime, end: datetime, values: list[tuple], run_id: int) -> int:
-        """``write_day`` for rows already through ``prepare`` (ingestion prepares the next day meanwhile)."""
-        with self.engine.begin() as conn:
-            self._upsert(conn, values)
-            conn.execute(delete(cost_rows).where(
-                cost_rows.c.x_source == source,
-                cost_rows.c.ChargePeriodStart >= start,
-                cost_rows.c.ChargePeriodStart < end,
-                cost_rows.c.x_ingestion_run != run_id,
-            ))
-        return len(values)
+        table = _bookkeeping(table, source, run_id)
+        digest = fingerprint(table)
+        low, high = day_start(day), day_start(day + timedelta(days=1))
+        if self._adbc_path is not None:
+            return self._write_day_sqlite(source, day, low, high, table, digest, run_id, delivery)
+        try:
+            with self.engine.begin() as conn:
+                count = self._stored(conn, source, low, high)
+                if self._unchanged(conn, source, day, digest, count, table.num_rows):
+                    return DayOutcome(table.num_rows, "unchanged")
+                if count == 0:
+                    self._insert(conn, table, cost_rows.name)
+                    action = "inserted"
+                else:
+                    self._replace(conn, table, source, low, high)
+                    action = "replaced"
+                self._record_day(conn, source, day, table.num_rows, digest, run_id, delivery)
+        except self._refusals as exc:
+            raise StoreDataError("(database)", _first_line(exc)) from None
+        return DayOutcome(table.num_rows, action)
 
     def replace_resources(self, source: str, resource_prefix: str, rows: Iterable[CostRow],
                           run_id: int | None = None) -> int:
         """Replace every row of ``source`` whose ResourceId starts with ``resource_prefix`` (e.g. all sites of
-        one Flower run) by ``rows``, in one transaction."""
-        values = self.prepare(rows, source, run_id)
+        one Flower run) by ``rows``, in one transaction (a handful of rows: SQLAlchemy's executemany)."""
+        from costs.columnar import from_rows, merge_duplicates, row_keys
+
+        table = from_rows(rows)
+        if table.num_rows:
+            table, keys = merge_duplicates(table, row_keys(table))
+            table = table.append_column("x_row_key", keys)
         with self.engine.begin() as conn:
             conn.execute(delete(cost_rows).where(cost_rows.c.x_source == source,
                                                  cost_rows.c.ResourceId.startswith(resource_prefix, autoescape=True)))
-            self._upsert(conn, values)
-        return len(values)
+            if table.num_rows:
+                conn.execute(cost_rows.insert(), _bookkeeping(table, source, run_id).to_pylist())
+        return table.num_rows
 
-    def prepare(self, rows: Iterable[CostRow], source: str, run_id: int | None) -> list[tuple]:
-        """Rows as parameter tuples in storage order and form, one per natural key (duplicates summed).
-
-        The hot path of ingestion: timestamps and tag JSON repeat across rows and are converted once each.
-        """
-        sqlite = self.dialect == "sqlite"
-        stamps: dict[datetime | None, str] = {None: ""}
-        prefixes: dict[str, str] = {}
-        tag_texts: dict[tuple, str | None] = {(): None}
-        blake2b = hashlib.blake2b
-        first: dict[str, tuple[CostRow, str | None, str, str]] = {}
-        duplicates: dict[str, list[CostRow]] = {}
-        for row in rows:
-            tags = row.tags
-            items = tuple(tags.items()) if tags else ()
-            tags_json = tag_texts.get(items, "")
-            if tags_json == "":
-                tags_json = tag_texts[items] = _tags_json(tags)
-            start = stamps.get(row.charge_period_start)
-            if start is None:
-                start = stamps[row.charge_period_start] = _stamp_text(row.charge_period_start)
-            end = stamps.get(row.charge_period_end)
-            if end is None:
-                end = stamps[row.charge_period_end] = _stamp_text(row.charge_period_end)
-            prefix = prefixes.get(start)
-            if prefix is None:
-                prefix = prefixes[start] = _key_prefix(start)
-            key = prefix + blake2b(_key_text(row, start, end, tags_json).encode(), digest_size=16).hexdigest()
-            if key in first:
-                duplicates.setdefault(key, []).append(row)
-            else:
-                first[key] = (row, tags_json, start, end)
-
-        # Storage form: SQLite gets integer amount units and its DateTime text; PostgreSQL's COPY gets text
-        # throughout; any other driver gets Decimals and datetimes for SQLAlchemy to bind.
-        as_text = self._copies
-        money = to_sqlite_units if sqlite else (str if as_text else _same)
-        stamp_as_text = sqlite or as_text
-        flag = ("f", "t") if as_text else (False, True)
-        run = str(run_id) if as_text and run_id is not None else run_id
-
-        def stamp(value: datetime | None) -> str | datetime | None:
-            if value is None or not stamp_as_text:
-                return value
-            text = stamps.get(value)
-            if text is None:
-                text = stamps[value] = _stamp_text(value)
-            return text
-
-        out = []
-        for key, (row, tags_json, start, end) in first.items():
-            billed, effective, listed, contracted, quantity = (row.billed_cost, row.effective_cost, row.list_cost,
-                                                              row.contracted_cost, row.pricing_quantity)
-            for other in duplicates.get(key, ()):
-                billed = _add(billed, other.billed_cost)
-                effective = _add(effective, other.effective_cost)
-                listed = _add(listed, other.list_cost)
-                contracted = _add(contracted, other.contracted_cost)
-                quantity = _add(quantity, other.pricing_quantity)
-            out.append((
-                source, key, money(billed), money(effective),
-                None if listed is None else money(listed), None if contracted is None else money(contracted),
-                row.billing_currency, row.billing_account_id, row.billing_account_name,
-                stamp(row.billing_period_start), stamp(row.billing_period_end),
-                start if stamp_as_text else row.charge_period_start, end if stamp_as_text else row.charge_period_end,
-                row.charge_category, row.charge_class, row.charge_description,
-                None if quantity is None else money(quantity), row.pricing_unit,
-                row.provider_name, row.publisher_name, row.invoice_issuer_name, row.service_category,
-                row.service_name, row.region_id, row.resource_id, row.sku_id, row.sub_account_id, tags_json,
-                row.x_project, row.x_site, flag[bool(row.x_estimated)], run,
-            ))
-        return out
+    # --- day writes ------------------------------------------------------------------------------------------
 
     @property
-    def _copies(self) -> bool:
-        """Whether batches go through PostgreSQL's COPY (psycopg2), which takes text."""
-        return self.dialect == "postgresql" and self.engine.driver == "psycopg2"
+    def _adbc_path(self) -> str | None:
+        """The SQLite file ADBC writes to (None: not SQLite, or in memory)."""
+        database = self.engine.url.database
+        if self.dialect != "sqlite" or not database or database == ":memory:":
+            return None
+        return database
 
-    def _upsert(self, conn: Connection, values: list[tuple]) -> None:
-        if not values:
+    @property
+    def _refusals(self) -> tuple[type[BaseException], ...]:
+        from sqlalchemy.exc import DataError, IntegrityError
+
+        dbapi = self.engine.dialect.dbapi
+        return (DataError, IntegrityError, getattr(dbapi, "DataError", DataError),
+                getattr(dbapi, "IntegrityError", IntegrityError))
+
+    @staticmethod
+    def _stored(conn: Connection, source: str, low: datetime, high: datetime) -> int:
+        return int(conn.execute(select(func.count()).select_from(cost_rows).where(
+            cost_rows.c.x_source == source, cost_rows.c.ChargePeriodStart >= low,
+            cost_rows.c.ChargePeriodStart < high)).scalar_one())
+
+    @staticmethod
+    def _unchanged(conn: Connection, source: str, day: date, digest: str, count: int, rows: int) -> bool:
+        stored = conn.execute(select(cost_days.c.rows, cost_days.c.fingerprint).where(
+            cost_days.c.x_source == source, cost_days.c.day == day)).first()
+        return stored is not None and stored.fingerprint == digest and stored.rows == count == rows
+
+    def _record_day(self, conn: Connection, source: str, day: date, rows: int, digest: str, run_id: int,
+                    delivery: str | None) -> None:
+        values = {"x_source": source, "day": day, "rows": rows, "fingerprint": digest, "x_ingestion_run": run_id,
+                  "x_delivery": delivery, "written_at": _now()}
+        if self.dialect in ("sqlite", "postgresql"):
+            from sqlalchemy.dialects import postgresql, sqlite
+
+            insert = (sqlite if self.dialect == "sqlite" else postgresql).insert(cost_days).values(values)
+            conn.execute(insert.on_conflict_do_update(
+                index_elements=["x_source", "day"],
+                set_={k: insert.excluded[k] for k in values if k not in ("x_source", "day")}))
             return
-        if self.dialect == "sqlite":
-            conn.exec_driver_sql(_sqlite_upsert_sql(), values)
-        elif self._copies:
-            _pg_copy_upsert(conn, values)
-        elif self.dialect == "postgresql":
-            from sqlalchemy.dialects.postgresql import insert as pg_insert
+        conn.execute(delete(cost_days).where(cost_days.c.x_source == source, cost_days.c.day == day))
+        conn.execute(cost_days.insert().values(values))
 
-            # Generic path: SQLAlchemy binds Money itself, so hand it Decimals (prepare() kept them for non-SQLite).
-            statement = pg_insert(cost_rows)
-            statement = statement.on_conflict_do_update(
-                index_elements=["x_source", "x_row_key"],
-                set_={n: statement.excluded[n] for n in _VALUE_NAMES if n not in ("x_source", "x_row_key")},
-            )
-            conn.execute(statement, [dict(zip(_VALUE_NAMES, v, strict=True)) for v in values])
+    def _insert(self, conn: Connection, table: Any, target: str) -> None:
+        if self.dialect == "postgresql":
+            _pg_copy(conn, table, target)
         else:
-            raise NotImplementedError(f"the cost store supports SQLite and PostgreSQL, not {self.dialect}")
+            conn.execute(cost_rows.insert() if target == cost_rows.name else Table(target, MetaData()).insert(),
+                         table.to_pylist())
+
+    def _replace(self, conn: Connection, table: Any, source: str, low: datetime, high: datetime) -> None:
+        if self.dialect != "postgresql":  # generic: delete the day, insert it again
+            conn.execute(delete(cost_rows).where(cost_rows.c.x_source == source, cost_rows.c.ChargePeriodStart >= low,
+                                                 cost_rows.c.ChargePeriodStart < high))
+            if table.num_rows:
+                conn.execute(cost_rows.insert(), table.to_pylist())
+            return
+        quoted = ", ".join(f'"{n}"' for n in VALUE_NAMES)
+        cursor = conn.connection.dbapi_connection.cursor()
+        try:
+            # Same column types, no id, no constraints or indexes; lives as long as the pooled session.
+            cursor.execute(f"CREATE TEMPORARY TABLE IF NOT EXISTS cost_rows_incoming ON COMMIT DELETE ROWS "
+                           f"AS SELECT {quoted} FROM cost_rows WITH NO DATA")
+        finally:
+            cursor.close()
+        _pg_copy(conn, table, "cost_rows_incoming")
+        conn.exec_driver_sql(_upsert_sql("cost_rows_incoming", "IS DISTINCT FROM"))
+        conn.exec_driver_sql(_delete_missing_sql("cost_rows_incoming", "%(source)s", "%(low)s", "%(high)s"),
+                             {"source": source, "low": low, "high": high})
+
+    def _write_day_sqlite(self, source: str, day: date, low: datetime, high: datetime, table: Any, digest: str,
+                          run_id: int, delivery: str | None) -> DayOutcome:
+        """The day through ADBC's SQLite driver, in one transaction of its own connection."""
+        import adbc_driver_manager
+
+        connection = self._adbc()
+        cursor = connection.cursor()
+        try:
+            cursor.execute('SELECT count(*) FROM cost_rows WHERE x_source = ? AND "ChargePeriodStart" >= ? AND '
+                           '"ChargePeriodStart" < ?', (source, _sqlite_stamp(low), _sqlite_stamp(high)))
+            count = int(cursor.fetchone()[0])
+            cursor.execute("SELECT rows, fingerprint FROM cost_days WHERE x_source = ? AND day = ?",
+                           (source, day.isoformat()))
+            stored = cursor.fetchone()
+            if stored is not None and stored[1] == digest and stored[0] == count == table.num_rows:
+                connection.adbc_connection.rollback()
+                return DayOutcome(table.num_rows, "unchanged")
+            rows = _sqlite_form(table)
+            if count == 0:
+                if rows.num_rows:
+                    cursor.adbc_ingest("cost_rows", rows, mode="append")
+                action = "inserted"
+            else:
+                cursor.execute("DROP TABLE IF EXISTS temp.cost_rows_incoming")
+                cursor.adbc_ingest("cost_rows_incoming", rows, mode="create", temporary=True)
+                cursor.execute(_upsert_sql("temp.cost_rows_incoming", "IS NOT"))
+                cursor.execute(_delete_missing_sql("temp.cost_rows_incoming", "?", "?", "?"),
+                               (source, _sqlite_stamp(low), _sqlite_stamp(high)))
+                cursor.execute("DROP TABLE temp.cost_rows_incoming")
+                action = "replaced"
+            cursor.execute(
+                "INSERT INTO cost_days (x_source, day, rows, fingerprint, x_ingestion_run, x_delivery, written_at) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (x_source, day) DO UPDATE SET rows = excluded.rows, "
+                "fingerprint = excluded.fingerprint, x_ingestion_run = excluded.x_ingestion_run, "
+                "x_delivery = excluded.x_delivery, written_at = excluded.written_at",
+                (source, day.isoformat(), table.num_rows, digest, run_id, delivery, _sqlite_stamp(_now())))
+            connection.adbc_connection.commit()
+        except (adbc_driver_manager.IntegrityError, adbc_driver_manager.DataError,
+                adbc_driver_manager.ProgrammingError) as exc:
+            connection.adbc_connection.rollback()
+            raise StoreDataError("(database)", _first_line(exc)) from None
+        except BaseException:
+            connection.adbc_connection.rollback()
+            raise
+        finally:
+            cursor.close()
+        return DayOutcome(table.num_rows, action)
+
+    def _adbc(self):
+        if self._adbc_connection is None:
+            import adbc_driver_sqlite.dbapi
+
+            connection = adbc_driver_sqlite.dbapi.connect(self._adbc_path, autocommit=True)
+            cursor = connection.cursor()
+            cursor.execute("PRAGMA busy_timeout = 120000")  # parallel tasks wait for the writer
+            cursor.execute("PRAGMA synchronous = NORMAL")
+            cursor.execute("PRAGMA cache_size = -262144")
+            cursor.execute("PRAGMA temp_store = MEMORY")
+            cursor.close()
+            # Transactions from here on: commit and rollback go to the ADBC connection itself (the DB-API wrapper,
+            # opened in autocommit mode so that the safety level could be set, would ignore them).
+            connection.adbc_connection.set_autocommit(False)
+            self._adbc_connection = connection
+        return self._adbc_connection
 
     # --- reading ---------------------------------------------------------------------------------------------
 
@@ -424,12 +498,12 @@ class CostStore:
         return value.date() if value else None
 
 
-def _same(value: Decimal) -> Decimal:
-    return value
-
-
 def _now() -> datetime:
     return datetime.now(UTC).replace(tzinfo=None)
+
+
+def _first_line(exc: BaseException) -> str:
+    return (str(exc).strip().splitlines() or [type(exc).__name__])[0][:500]
 
 
 def _sqlite_pragmas(dbapi_connection, _record) -> None:
@@ -439,66 +513,109 @@ def _sqlite_pragmas(dbapi_connection, _record) -> None:
     # The default page cache (2 MB) makes upserts into a million-row table wait on disk reads of index pages.
     cursor.execute("PRAGMA cache_size=-262144")  # up to 256 MiB, used only as the database grows
     cursor.execute("PRAGMA temp_store=MEMORY")
+    cursor.execute("PRAGMA busy_timeout=120000")
     cursor.close()
 
 
-_SQLITE_UPSERT: str | None = None
+def _bookkeeping(table: Any, source: str, run_id: int | None) -> Any:
+    """The day's table with x_source and x_ingestion_run, columns in storage order."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    n = table.num_rows
+    columns = {name: table[name] for name in table.column_names}
+    columns["x_source"] = pc.fill_null(pa.nulls(n, pa.string()), source)
+    columns["x_ingestion_run"] = pa.nulls(n, pa.int64()) if run_id is None else pc.fill_null(
+        pa.nulls(n, pa.int64()), run_id)
+    return pa.table({name: columns[name] for name in VALUE_NAMES})
 
 
-def _sqlite_upsert_sql() -> str:
-    """``INSERT ... ON CONFLICT (natural key) DO UPDATE`` compiled once for SQLite's qmark parameters."""
-    global _SQLITE_UPSERT
-    if _SQLITE_UPSERT is None:
-        from sqlalchemy.dialects import sqlite
-        from sqlalchemy.dialects.sqlite import insert as sqlite_insert
-
-        statement = sqlite_insert(cost_rows).values({n: bindparam(n) for n in _VALUE_NAMES})
-        statement = statement.on_conflict_do_update(
-            index_elements=["x_source", "x_row_key"],
-            set_={n: statement.excluded[n] for n in _VALUE_NAMES if n not in ("x_source", "x_row_key")},
-        )
-        compiled = statement.compile(dialect=sqlite.dialect())
-        if list(compiled.positiontup) != _VALUE_NAMES:  # parameter order must be our tuple order
-            raise RuntimeError(f"unexpected parameter order {compiled.positiontup}")
-        _SQLITE_UPSERT = str(compiled)
-    return _SQLITE_UPSERT
+def _upsert_sql(staging: str, distinct: str) -> str:
+    """One INSERT ... SELECT ... ON CONFLICT that rewrites only rows whose values changed."""
+    quoted = ", ".join(f'"{n}"' for n in VALUE_NAMES)
+    updates = ", ".join(f'"{n}" = excluded."{n}"' for n in VALUE_NAMES if n not in ("x_source", "x_row_key"))
+    stored = ", ".join(f'cost_rows."{n}"' for n in _COMPARED)
+    incoming = ", ".join(f'excluded."{n}"' for n in _COMPARED)
+    return (f"INSERT INTO cost_rows ({quoted}) SELECT {quoted} FROM {staging} WHERE true "
+            f"ON CONFLICT (x_source, x_row_key) DO UPDATE SET {updates} WHERE ({stored}) {distinct} ({incoming})")
 
 
-_COPY_ESCAPES = str.maketrans({"\\": "\\\\", "\t": "\\t", "\n": "\\n", "\r": "\\r"})
+def _delete_missing_sql(staging: str, source: str, low: str, high: str) -> str:
+    """Delete the day's stored rows whose key the new batch does not have (a charge gone from a re-issue)."""
+    # NOT IN: SQLite builds a transient index over the subquery (a correlated NOT EXISTS would scan the staging
+    # table once per stored row); PostgreSQL hashes it.
+    return (f'DELETE FROM cost_rows WHERE x_source = {source} AND "ChargePeriodStart" >= {low} AND '
+            f'"ChargePeriodStart" < {high} AND x_row_key NOT IN (SELECT x_row_key FROM {staging})')
 
 
-def _copy_text(values: list[tuple]) -> str:
-    """Rows (all text or None) in COPY's text format: tab-separated, \\N for null, backslash escapes."""
-    columns = len(values[0])
-    lines = []
-    for row in values:
-        line = "\t".join(["\\N" if v is None else v for v in row])
-        # Fast path: a value that needs escaping shows as an extra tab, a backslash beyond the \\N markers, or a
-        # newline or CR in the line; only then is each value escaped.
-        if (line.count("\t") != columns - 1 or line.count("\\") != row.count(None) or "\n" in line
-                or "\r" in line):
-            line = "\t".join(["\\N" if v is None else v.translate(_COPY_ESCAPES) for v in row])
-        lines.append(line)
-    lines.append("")
-    return "\n".join(lines)
+def _csv_bytes(table: Any) -> bytes:
+    """Arrow's C++ CSV writer: decimals as exact text, naive timestamps as ISO text, null as an empty field."""
+    import pyarrow.csv as pacsv
+
+    buffer = io.BytesIO()
+    pacsv.write_csv(table, buffer, pacsv.WriteOptions(include_header=False, quoting_style="needed"))
+    return buffer.getvalue()
 
 
-def _pg_copy_upsert(conn: Connection, values: list[tuple]) -> None:
-    """COPY the batch into a temporary table, then one INSERT ... SELECT ... ON CONFLICT DO UPDATE."""
-    quoted = ", ".join(f'"{n}"' for n in _VALUE_NAMES)
-    updates = ", ".join(f'"{n}" = EXCLUDED."{n}"' for n in _VALUE_NAMES if n not in ("x_source", "x_row_key"))
-    cursor = conn.connection.dbapi_connection.cursor()
+def _pg_copy(conn: Connection, table: Any, target: str) -> None:
+    """COPY the table into ``target`` (psycopg 3's copy, or psycopg2's copy_expert), inside ``conn``'s transaction."""
+    if table.num_rows == 0:
+        return
+    statement = f"COPY {target} ({', '.join(repr_ident(n) for n in table.column_names)}) FROM STDIN (FORMAT csv)"
+    data = _csv_bytes(table)
+    raw = conn.connection.dbapi_connection
+    cursor = raw.cursor()
     try:
-        # Same column types, no id, no constraints or indexes; lives as long as the pooled session.
-        cursor.execute(
-            f"CREATE TEMPORARY TABLE IF NOT EXISTS cost_rows_incoming ON COMMIT DELETE ROWS "
-            f"AS SELECT {quoted} FROM cost_rows WITH NO DATA"
-        )
-        cursor.execute("TRUNCATE cost_rows_incoming")
-        cursor.copy_expert(f"COPY cost_rows_incoming ({quoted}) FROM STDIN", io.StringIO(_copy_text(values)))
-        cursor.execute(
-            f"INSERT INTO cost_rows ({quoted}) SELECT {quoted} FROM cost_rows_incoming "
-            f"ON CONFLICT (x_source, x_row_key) DO UPDATE SET {updates}"
-        )
+        if hasattr(cursor, "copy"):  # psycopg 3
+            with cursor.copy(statement) as copy:
+                view = memoryview(data)
+                for offset in range(0, len(data), 1 << 22):
+                    copy.write(view[offset:offset + (1 << 22)])
+        else:  # psycopg2
+            cursor.copy_expert(statement, io.BytesIO(data))
     finally:
         cursor.close()
+
+
+def repr_ident(name: str) -> str:
+    return '"' + name.replace('"', '""') + '"'
+
+
+def _sqlite_stamp(value: datetime) -> str:
+    """A timestamp as SQLAlchemy's SQLite DateTime stores it (so text comparisons order correctly)."""
+    return value.isoformat(sep=" ", timespec="microseconds")
+
+
+def _sqlite_form(table: Any) -> Any:
+    """The table as SQLite keeps it: money as integer 1e-10 units, quantities as decimal text, timestamps as
+    SQLAlchemy's text, booleans as 0/1."""
+    import numpy as np
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    columns = []
+    for name in table.column_names:
+        column = table[name].combine_chunks()
+        if name in MONEY_COLUMNS:
+            column = _units(column, np, pa)
+        elif name in QUANTITY_COLUMNS:
+            column = column.cast(pa.string())
+        elif pa.types.is_timestamp(column.type):
+            column = pc.strftime(column, "%Y-%m-%d %H:%M:%S")
+        elif pa.types.is_boolean(column.type):
+            column = column.cast(pa.int64())
+        columns.append(column)
+    return pa.table(dict(zip(table.column_names, columns, strict=True)))
+
+
+def _units(column: Any, np: Any, pa: Any) -> Any:
+    """decimal128(38, 10) as int64 counts of 1e-10 (its unscaled value), refusing what does not fit in 64 bits."""
+    if len(column) == 0:
+        return pa.array([], pa.int64())
+    words = np.frombuffer(column.buffers()[1], dtype="<i8", count=2 * (column.offset + len(column)))
+    words = words[2 * column.offset:].reshape(-1, 2)
+    low, high = words[:, 0], words[:, 1]
+    valid = ~np.asarray(column.is_null().to_numpy(zero_copy_only=False))
+    if np.any(valid & (high != (low >> 63))):
+        raise StoreDataError("(amount)", "an amount does not fit SQLite's 64-bit 1e-10 units")
+    return pa.array(low, type=pa.int64(), mask=~valid)

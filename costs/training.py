@@ -30,6 +30,7 @@ from costs.store import CostStore
 DATA = Path(__file__).resolve().parent / "data"
 SITES_FILE = DATA / "sites.toml"
 TRAINING_SOURCE = "mledge-training"
+RESOURCE_PREFIX = "mledge:flower-run/"  # + "<run>/site/<site>": a training row's ResourceId
 PROVIDER_NAMES = {"aws": "AWS", "gcp": "Google Cloud", "azure": "Microsoft"}
 COMPUTE_SERVICES = {"aws": "Amazon Elastic Compute Cloud", "gcp": "Compute Engine", "azure": "Virtual Machines"}
 _PLACES = Decimal(1).scaleb(-AMOUNT_PLACES)
@@ -131,7 +132,7 @@ def record_training(store: CostStore, flower_run_id: str, seconds: Mapping[str, 
     at = (at or datetime.now(UTC)).astimezone(UTC).replace(tzinfo=None)
     day = datetime(at.year, at.month, at.day)
     rows, details = [], []
-    prefix = f"mledge:flower-run/{flower_run_id}/site/"
+    prefix = f"{RESOURCE_PREFIX}{flower_run_id}/site/"
     for site, secs in sorted(seconds.items()):
         declared = sites[site]
         price, used = declared.price(offers)

@@ -1,12 +1,23 @@
-"""FOCUS export files as a cost source: CSV (optionally gzipped) or Parquet, as the clouds write them.
+"""FOCUS export files as a cost source: CSV (optionally gzipped) or Parquet, FOCUS 1.0 to 1.2, as clouds write them.
 
-AWS Data Exports (FOCUS 1.0+), Azure cost exports of type FocusCost and the GCP FOCUS export all write the FOCUS
-columns by name, plus provider extras prefixed ``x_`` that are ignored here. A file is read once per source
-object (pyarrow, every CSV column as text so amounts stay exact), then served day by day.
+AWS Data Exports, Azure cost exports of type FocusCost, the GCP FOCUS view and OCI write the FOCUS columns by name
+in their own order, plus provider extras prefixed ``x_`` (not kept). What differs, and is read here:
 
-Bad input: a file without a mandatory FOCUS column, or with an unreadable ChargePeriodStart, fails every day
-(nothing of it can be trusted); a row with a non-numeric amount, an unknown currency or an empty required field
-fails the day it belongs to. The error names the source, the field and the file and line.
+- CSV: a UTF-8 byte order mark (Azure), the word ``NULL`` unquoted for an empty value (the FinOps Foundation's
+  sample; a quoted ``"NULL"`` stays text), empty fields, ``.csv.gz``; every column is read as text, so amounts
+  stay exact.
+- Parquet: doubles (read by their shortest representation), decimals, timestamps with or without a zone, Tags as
+  a map or as JSON text.
+- Versions: the columns present say which FOCUS version a file is (``version`` in the source's settings overrides);
+  every column of that version is kept, later versions' columns stay empty.
+
+Files are grouped into deliveries (``costs.deliveries``): one delivery per period, the newest; overlapping
+deliveries and incomplete ones fail the days concerned and keep what is stored. Each delivery is read once per
+source object (re-read when a file changes) and checked column by column (``costs.columnar``).
+
+Bad input: a file that cannot be read or lacks a mandatory FOCUS column fails every day its delivery covers; a bad
+row (a non-numeric or out-of-range amount, an unknown currency, an empty required field, unreadable JSON tags)
+fails its own day, naming the source, the field, the file and the line.
 """
 
 from __future__ import annotations
@@ -15,56 +26,56 @@ import glob
 import logging
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-from datetime import date, datetime
+from datetime import date, timedelta
 from pathlib import Path
 from typing import Any
 
-from costs.focus import (
-    MANDATORY_COLUMNS,
-    CostDataError,
-    CostRow,
-    day_start,
-    parse_amount,
-    parse_tags,
-    parse_timestamp,
-    validate,
-)
-from costs.sources.base import CostSource
+import numpy as np
+
+from costs.deliveries import Choice, Delivery, choose, discover
+from costs.focus import FOCUS_VERSIONS, MANDATORY_COLUMNS, CostDataError, CostRow
+from costs.sources.base import CostSource, DayBatch
 
 log = logging.getLogger(__name__)
 
 SUFFIXES = (".csv", ".csv.gz", ".parquet")
+DELIVERY_FIELD = "(delivery)"
 
 
 @dataclass
-class _File:
-    path: Path
-    records: list[dict[str, Any]]
-    starts: list[datetime]
-    line_offset: int  # CSV: header is line 1, so record i is on line i + 2; Parquet rows count from 1
+class _Loaded:
+    """One delivery read and checked: its rows in the store's schema and where each row came from."""
+
+    delivery: Delivery
+    table: Any  # pyarrow.Table in costs.columnar.SCHEMA
+    raw: Any  # pyarrow.Table as read (for the record of a bad row)
+    days: np.ndarray  # numpy datetime64[D] of each row's ChargePeriodStart
+    problems: dict[int, tuple[str, str]]
+    origin: list[tuple[Path, int, bool]]  # per file: path, first row index in the delivery, is CSV
 
     def location(self, index: int) -> str:
-        unit = "line" if self.line_offset == 2 else "row"
-        return f"{self.path.name} {unit} {index + self.line_offset}"
-
-
-def _text(value: Any) -> str | None:
-    if value is None:
-        return None
-    text = str(value).strip()
-    return text or None
+        for path, first, is_csv in reversed(self.origin):
+            if index >= first:
+                offset = index - first
+                return f"{path.name} line {offset + 2}" if is_csv else f"{path.name} row {offset + 1}"
+        return "?"
 
 
 class FocusFileSource(CostSource):
     """Rows from FOCUS files matching ``paths`` (glob patterns; relative ones resolved against ``base``)."""
 
-    def __init__(self, name: str, paths: Sequence[str | Path], *, provider: str = "", base: Path | None = None):
+    def __init__(self, name: str, paths: Sequence[str | Path], *, provider: str = "", base: Path | None = None,
+                 version: str | None = None):
         super().__init__(name)
         self.provider = provider
+        if version is not None and version not in FOCUS_VERSIONS:
+            raise ValueError(f"source {name!r}: FOCUS version {version!r} is not one of {', '.join(FOCUS_VERSIONS)}")
+        self.version = version
         self.patterns = [str(p if Path(p).is_absolute() or base is None else base / p) for p in paths]
-        self._cache: dict[Path, tuple[float, _File | CostDataError]] = {}
+        self._loaded: dict[tuple, _Loaded | CostDataError] = {}
+        self._choice: tuple[tuple, Choice] | None = None
 
-    # --- files -----------------------------------------------------------------------------------------------
+    # --- files and deliveries --------------------------------------------------------------------------------
 
     def files(self) -> list[Path]:
         found = {Path(p) for pattern in self.patterns for p in glob.glob(pattern, recursive=True)}
@@ -75,21 +86,58 @@ class FocusFileSource(CostSource):
             return f"no FOCUS file (.csv, .csv.gz, .parquet) matches {', '.join(self.patterns)}"
         return None
 
-    def _load(self, path: Path) -> _File:
-        mtime = path.stat().st_mtime
-        cached = self._cache.get(path)
-        if cached is None or cached[0] != mtime:
-            try:
-                loaded: _File | CostDataError = self._read(path)
-            except CostDataError as exc:
-                loaded = exc
-            self._cache[path] = (mtime, loaded)
-            cached = self._cache[path]
-        if isinstance(cached[1], CostDataError):
-            raise cached[1]
-        return cached[1]
+    def deliveries(self) -> Choice:
+        """The deliveries in use (one per period), re-chosen when a file appears, changes or goes."""
+        files = self.files()
+        state = tuple((str(p), p.stat().st_mtime_ns, p.stat().st_size) for p in files)
+        if self._choice is None or self._choice[0] != state:
+            self._choice = (state, choose(discover(files), self._data_days))
+        return self._choice[1]
 
-    def _read(self, path: Path) -> _File:
+    def _data_days(self, delivery: Delivery) -> tuple[date, ...]:
+        loaded = self._load(delivery)
+        if isinstance(loaded, CostDataError):
+            return ()
+        return tuple(sorted({d.astype(object) for d in np.unique(loaded.days[~np.isnat(loaded.days)])}))
+
+    def _load(self, delivery: Delivery) -> _Loaded | CostDataError:
+        key = tuple((str(p), p.stat().st_mtime_ns) for p in delivery.files)
+        if key not in self._loaded:
+            try:
+                self._loaded[key] = self._read(delivery)
+            except CostDataError as exc:
+                self._loaded[key] = exc
+        return self._loaded[key]
+
+    def _read(self, delivery: Delivery) -> _Loaded:
+        import pyarrow as pa
+
+        from costs.columnar import normalise, version_of
+
+        tables, origin, first = [], [], 0
+        for path in delivery.files:
+            raw = self._read_file(path)
+            origin.append((path, first, not path.name.lower().endswith(".parquet")))
+            first += raw.num_rows
+            tables.append(raw)
+        names = [set(t.column_names) for t in tables]
+        if any(n != names[0] for n in names[1:]):
+            tables = [t.select(sorted(set.intersection(*names))) for t in tables]
+        raw = pa.concat_tables(tables, promote_options="permissive") if len(tables) > 1 else tables[0]
+        version = self.version or version_of(raw.column_names)
+        table, problems = normalise(raw, version=version, delivery=delivery.label)
+        starts = table["ChargePeriodStart"].to_numpy(zero_copy_only=False)
+        days = starts.astype("datetime64[D]")
+        unreadable = [i for i, (name, _) in sorted(problems.by_row.items()) if name == "ChargePeriodStart"]
+        loaded = _Loaded(delivery, table, raw, days, problems.by_row, origin)
+        if unreadable:  # the row's day is unknown, so no day of this delivery can be trusted
+            index = unreadable[0]
+            raise CostDataError(self.name, "ChargePeriodStart", problems.by_row[index][1],
+                                location=loaded.location(index), record=_record(raw, index))
+        log.debug("%s: %d rows (FOCUS %s) from %s", self.name, table.num_rows, version, delivery.label)
+        return loaded
+
+    def _read_file(self, path: Path):
         import pyarrow as pa
 
         try:
@@ -97,101 +145,94 @@ class FocusFileSource(CostSource):
                 import pyarrow.parquet as pq
 
                 table = pq.read_table(path)
-                offset = 1
             else:
-                table = _read_csv_as_text(path)
-                offset = 2
+                table = read_csv_as_text(path)
         except (pa.ArrowInvalid, OSError) as exc:
             raise CostDataError(self.name, "(file)", f"cannot be read: {exc}", location=path.name) from None
         missing = [c for c in MANDATORY_COLUMNS if c not in table.column_names]
         if missing:
             raise CostDataError(self.name, missing[0], f"column missing (also missing: {', '.join(missing[1:])})"
                                 if len(missing) > 1 else "column missing", location=path.name)
-        records = table.to_pylist()
-        loaded = _File(path, records, [], offset)
-        for index, record in enumerate(records):
-            loaded.starts.append(parse_timestamp(record["ChargePeriodStart"], self.name, "ChargePeriodStart",
-                                                 location=loaded.location(index)))
-        log.debug("%s: %d rows from %s", self.name, len(records), path)
-        return loaded
+        return table
 
     def latest_day(self) -> date | None:
-        newest: datetime | None = None
-        for path in self.files():
-            try:
-                loaded = self._load(path)
-            except CostDataError as exc:  # rows() reports it; the anchor comes from the readable files
-                log.warning("%s", exc)
-                continue
-            if loaded.starts:
-                top = max(loaded.starts)
-                newest = top if newest is None or top > newest else newest
-        return newest.date() if newest else None
+        days = [max(d.data_days) for d in self.deliveries().used if d.data_days]
+        return max(days) if days else None
 
-    # --- rows ------------------------------------------------------------------------------------------------
+    # --- days ------------------------------------------------------------------------------------------------
+
+    def batch(self, day: date) -> DayBatch:
+        choice = self.deliveries()
+        if day in choice.conflicts:
+            raise CostDataError(self.name, DELIVERY_FIELD,
+                                choice.conflicts[day] + "; the stored rows of this day are kept")
+        covering = [d for d in choice.used if d.covers(day)]
+        if not covering:
+            return DayBatch(day, None, skipped=f"no delivery covers {day}; the stored rows of this day are kept")
+        delivery = covering[0]
+        if id(delivery) in choice.problems:
+            raise CostDataError(self.name, DELIVERY_FIELD, choice.problems[id(delivery)] +
+                                "; the stored rows of this day are kept", location=delivery.label)
+        loaded = self._load(delivery)
+        if isinstance(loaded, CostDataError):
+            raise loaded
+        incomplete = self._incomplete(delivery, loaded)
+        if incomplete:
+            raise CostDataError(self.name, DELIVERY_FIELD, f"{incomplete}; the stored rows of this day are kept",
+                                location=delivery.label)
+        mask = loaded.days == np.datetime64(day, "D")
+        indices = np.flatnonzero(mask)
+        bad = [i for i in indices if int(i) in loaded.problems] if loaded.problems else []
+        if bad:
+            index = int(bad[0])
+            field, problem = loaded.problems[index]
+            more = f" (and {len(bad) - 1} more bad row{'s' if len(bad) > 2 else ''} that day)" if len(bad) > 1 else ""
+            raise CostDataError(self.name, field, problem + more, location=loaded.location(index),
+                                record=_record(loaded.raw, index))
+        import pyarrow as pa
+
+        return DayBatch(day, loaded.table.take(pa.array(indices)), delivery=delivery.label)
+
+    def _incomplete(self, delivery: Delivery, loaded: _Loaded) -> str | None:
+        if delivery.missing:
+            return (f"delivery {delivery.label} is incomplete: its manifest lists {', '.join(delivery.missing)}, "
+                    "which is not here")
+        if delivery.expected_rows is not None and delivery.expected_rows != loaded.table.num_rows:
+            return (f"delivery {delivery.label} is incomplete: its manifest counts {delivery.expected_rows} rows, "
+                    f"the files have {loaded.table.num_rows}")
+        if loaded.table.num_rows == 0:
+            return f"delivery {delivery.label} has a header and no rows, so it cannot replace {delivery.period}"
+        return None
 
     def rows(self, start: date, end: date) -> Iterator[CostRow]:
-        low, high = day_start(start), day_start(end)
-        for path in self.files():
-            loaded = self._load(path)
-            for index, begins in enumerate(loaded.starts):
-                if low <= begins < high:
-                    yield self._row(loaded, index, begins)
+        """Rows of [start, end) as objects (for callers that want them; ingestion reads ``batch``)."""
+        from costs.columnar import to_rows
 
-    def _row(self, loaded: _File, index: int, begins: datetime) -> CostRow:
-        record = loaded.records[index]
-        where = loaded.location(index)
-        name = self.name
-        try:
-            row = CostRow(
-                billed_cost=parse_amount(record["BilledCost"], name, "BilledCost", location=where),
-                effective_cost=parse_amount(record["EffectiveCost"], name, "EffectiveCost", location=where),
-                list_cost=parse_amount(record["ListCost"], name, "ListCost", location=where, required=False),
-                contracted_cost=parse_amount(record["ContractedCost"], name, "ContractedCost", location=where,
-                                             required=False),
-                pricing_quantity=parse_amount(record["PricingQuantity"], name, "PricingQuantity", location=where,
-                                              required=False),
-                billing_currency=_text(record["BillingCurrency"]) or "",
-                billing_account_id=_text(record["BillingAccountId"]) or "",
-                billing_account_name=_text(record["BillingAccountName"]),
-                billing_period_start=_optional_stamp(record["BillingPeriodStart"], name, "BillingPeriodStart", where),
-                billing_period_end=_optional_stamp(record["BillingPeriodEnd"], name, "BillingPeriodEnd", where),
-                charge_period_start=begins,
-                charge_period_end=parse_timestamp(record["ChargePeriodEnd"], name, "ChargePeriodEnd",
-                                                  location=where),
-                charge_category=_text(record["ChargeCategory"]) or "",
-                charge_class=_text(record["ChargeClass"]),
-                charge_description=_text(record["ChargeDescription"]),
-                pricing_unit=_text(record["PricingUnit"]),
-                provider_name=_text(record["ProviderName"]) or "",
-                publisher_name=_text(record["PublisherName"]),
-                invoice_issuer_name=_text(record["InvoiceIssuerName"]),
-                service_category=_text(record["ServiceCategory"]),
-                service_name=_text(record["ServiceName"]) or "",
-                region_id=_text(record.get("RegionId")),
-                resource_id=_text(record.get("ResourceId")),
-                sku_id=_text(record.get("SkuId")),
-                sub_account_id=_text(record.get("SubAccountId")),
-                tags=parse_tags(record.get("Tags"), name, location=where),
-            )
-            return validate(row, name, location=where)
-        except CostDataError as exc:
-            exc.record = {k: v for k, v in record.items() if v is not None}
-            raise
+        day = start
+        while day < end:
+            batch = self.batch(day)
+            if batch.table is not None:
+                yield from to_rows(batch.table)
+            day += timedelta(days=1)
 
 
-def _optional_stamp(value: Any, source: str, field: str, where: str) -> datetime | None:
-    if value is None or (isinstance(value, str) and not value.strip()):
-        return None
-    return parse_timestamp(value, source, field, location=where)
+def _record(raw, index: int) -> dict:
+    return {k: v for k, v in raw.slice(index, 1).to_pylist()[0].items() if v is not None}
 
 
-def _read_csv_as_text(path: Path):
-    """A CSV (or .csv.gz) as a pyarrow table with every column as text: amounts are parsed as Decimal later."""
+def read_csv_as_text(path: Path):
+    """A CSV (or .csv.gz) as a pyarrow table with every column as text: amounts are parsed as decimals later.
+
+    Unquoted empty fields and the unquoted word NULL are null; a quoted "NULL" is text. A UTF-8 byte order mark
+    before the header is skipped by Arrow's reader.
+    """
     import pyarrow as pa
     import pyarrow.csv as pacsv
 
-    with pacsv.open_csv(path, convert_options=pacsv.ConvertOptions(strings_can_be_null=False)) as reader:
+    def options(types: dict | None = None) -> pacsv.ConvertOptions:
+        return pacsv.ConvertOptions(column_types=types or {}, null_values=["", "NULL"], strings_can_be_null=True,
+                                    quoted_strings_can_be_null=False)
+
+    with pacsv.open_csv(path, convert_options=options()) as reader:
         names = reader.schema.names  # the header, read without converting the body
-    options = pacsv.ConvertOptions(column_types={n: pa.string() for n in names}, strings_can_be_null=False)
-    return pacsv.read_csv(path, convert_options=options)
+    return pacsv.read_csv(path, convert_options=options({n: pa.string() for n in names}))

@@ -6,12 +6,18 @@ credentials gives ``{"source": ..., "skipped": "<reason>"}`` and exit 0, so a sc
 
 The store is ``MLEDGE_COST_DB_URL`` or ``sqlite:///$MLEDGE_HOME/costs.db``; the sources file
 ``MLEDGE_COST_SOURCES`` or ``costs/data/sources.toml``. Heavy imports happen inside the commands.
+
+``ingest`` prints its JSON summary on failure too (days written, kept and failed, each distinct problem once with
+the days it affected) before the error line, and exits non-zero.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import logging
+import os
+import sys
 from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal, InvalidOperation
 
@@ -82,19 +88,34 @@ def ingest_window(args: argparse.Namespace, source, trailing_days: int) -> tuple
     return trailing_window(days, anchor)
 
 
+def _print_json(document: dict) -> None:
+    json.dump(document, sys.stdout, indent=2, default=str)
+    sys.stdout.write("\n")
+    sys.stdout.flush()
+
+
 def cmd_ingest(args: argparse.Namespace, settings: Settings) -> dict:
     from costs.config import build_source, load_config
-    from costs.ingest import ingest
+    from costs.ingest import IngestError, ingest
 
     config = load_config()
-    source = build_source(config.source(args.source), config.project_tag_key)
+    source_config = config.source(args.source)
+    source = build_source(source_config, config.project_tag_key)
     reason = source.unavailable()
     if reason:
         log.warning("Skipping cost source %s: %s", args.source, reason)
         return {"source": args.source, "skipped": reason}
     start, end = ingest_window(args, source, config.trailing_days)
     log.info("Ingesting %s from %s to %s (exclusive)", args.source, start, end)
-    return ingest(source, _store(settings), start, end, tag_key=config.project_tag_key).as_dict()
+    try:
+        return ingest(source, _store(settings), start, end, tag_rule=config.tag_rule(source_config)).as_dict()
+    except IngestError as exc:  # the summary goes to stdout (the task's XCom) before the error line
+        _print_json(exc.summary())
+        raise
+    except Exception as exc:
+        _print_json({"source": args.source, "from": start.isoformat(), "to": end.isoformat(), "status": "failed",
+                     "error": f"{type(exc).__name__}: {exc}"})
+        raise
 
 
 def cmd_report(args: argparse.Namespace, settings: Settings) -> dict:
@@ -133,6 +154,42 @@ def cmd_catalog_refresh(args: argparse.Namespace, settings: Settings) -> dict:
     return result
 
 
+def _evidence(flower_run_id: str, path: str | None) -> tuple[dict | None, int | None, str | None]:
+    """(promotion evidence, rounds, why not): from ``path`` ('-': stdin), else the run's MLflow record."""
+    if path:
+        text = sys.stdin.read() if path == "-" else open(path, encoding="utf-8").read()
+        try:
+            document = json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise ValueError(f"--evidence {path}: not JSON: {exc}") from None
+        return document, None, None
+    if not os.environ.get("MLFLOW_TRACKING_URI"):
+        return None, None, "no promotion evidence: MLFLOW_TRACKING_URI is not set and no --evidence was given"
+    try:
+        import mlflow
+
+        from mledge.registry.promotion import find_run, read_evidence
+
+        run = find_run(mlflow.MlflowClient(), flower_run_id)
+        rounds = run.data.params.get("num-server-rounds")
+        return read_evidence(run).to_dict(), int(rounds) if rounds else None, None
+    except Exception as exc:  # MLflow down or no record: the shares wait for `mledge costs share`
+        return None, None, f"no promotion evidence: {type(exc).__name__}: {exc}"
+
+
+def _share(store, flower_run_id: str, project: str, day: date, *, evidence_path: str | None, rule: str,
+           beta: float, metric: str, rounds: int | None, sites: set[str]) -> dict:
+    from costs.sharing import compute_shares, record_shares, site_inputs
+
+    evidence, found_rounds, why_not = _evidence(flower_run_id, evidence_path)
+    if evidence is None:
+        log.warning("Run %s: shares not recorded: %s (run `mledge costs share` later)", flower_run_id, why_not)
+        return {"pending": why_not}
+    inputs = site_inputs(evidence, sites=sites, metric=metric, rounds=rounds or found_rounds)
+    result = compute_shares(flower_run_id, inputs, rule=rule, beta=beta, metric=metric)
+    return record_shares(store, result, project=project, day=day)
+
+
 def cmd_record_training(args: argparse.Namespace, settings: Settings) -> dict:
     from costs.config import load_config
     from costs.training import parse_seconds, record_training
@@ -140,8 +197,39 @@ def cmd_record_training(args: argparse.Namespace, settings: Settings) -> dict:
     at = datetime.fromisoformat(args.at) if args.at else None
     if at is not None and at.tzinfo is None:
         at = at.replace(tzinfo=UTC)
-    return record_training(_store(settings), args.flower_run_id, parse_seconds(args.seconds_json),
-                           project=args.project, tag_key=load_config().project_tag_key, at=at)
+    store = _store(settings)
+    seconds = parse_seconds(args.seconds_json)
+    result = record_training(store, args.flower_run_id, seconds, project=args.project,
+                             tag_key=load_config().project_tag_key, at=at)
+    result["shares"] = _share(store, args.flower_run_id, args.project, date.fromisoformat(result["day"]),
+                              evidence_path=args.evidence, rule=args.share_rule, beta=args.beta, metric=args.metric,
+                              rounds=args.rounds, sites=set(seconds))
+    return result
+
+
+def cmd_share(args: argparse.Namespace, settings: Settings) -> dict:
+    """(Re)compute one run's cost shares from its promotion evidence."""
+    from sqlalchemy import func, select
+
+    from costs.store import cost_rows
+    from costs.training import RESOURCE_PREFIX, TRAINING_SOURCE
+
+    store = _store(settings)
+    prefix = f"{RESOURCE_PREFIX}{args.flower_run_id}/site/"
+    with store.engine.connect() as conn:
+        rows = conn.execute(select(cost_rows.c.x_site, func.min(cost_rows.c.ChargePeriodStart))
+                            .where(cost_rows.c.x_source == TRAINING_SOURCE,
+                                   cost_rows.c.ResourceId.startswith(prefix, autoescape=True))
+                            .group_by(cost_rows.c.x_site)).all()
+    day = args.day or (min(r[1] for r in rows).date() if rows else None)
+    if day is None:
+        raise ValueError(f"run {args.flower_run_id}: no training cost recorded (run `mledge costs record-training` "
+                         "first, or give --day)")
+    shares = _share(store, args.flower_run_id, args.project, day, evidence_path=args.evidence, rule=args.rule,
+                    beta=args.beta, metric=args.metric, rounds=args.rounds, sites={r[0] for r in rows if r[0]})
+    if "pending" in shares:
+        raise LookupError(f"run {args.flower_run_id}: {shares['pending']}")
+    return shares
 
 
 def cmd_demo_summary(args: argparse.Namespace, settings: Settings) -> dict:
@@ -152,6 +240,19 @@ def cmd_demo_summary(args: argparse.Namespace, settings: Settings) -> dict:
 
 
 # --- parser ----------------------------------------------------------------------------------------------------
+
+
+def _share_options(p: argparse.ArgumentParser, rule_flag: str) -> None:
+    from costs.sharing import DEFAULT_BETA, DEFAULT_RULE, RULES
+
+    p.add_argument(rule_flag, dest="share_rule" if rule_flag == "--share-rule" else "rule", default=DEFAULT_RULE,
+                   choices=RULES, help="how the run's cost is split among its sites (costs/sharing.py)")
+    p.add_argument("--evidence", default=None,
+                   help="promotion evidence JSON file ('-': stdin); default: the run's MLflow record")
+    p.add_argument("--beta", type=float, default=DEFAULT_BETA, help="diminishing returns of data, in (0, 1]")
+    p.add_argument("--metric", default="f1", choices=["f1", "recall", "precision", "accuracy", "loss"],
+                   help="held-out metric whose per-site value weighs the site's data")
+    p.add_argument("--rounds", type=int, default=None, help="the run's rounds (default: from MLflow or failures)")
 
 
 def register(commands: argparse._SubParsersAction) -> None:
@@ -202,6 +303,13 @@ def register(commands: argparse._SubParsersAction) -> None:
     p.add_argument("--seconds-json", required=True, help='e.g. \'{"plant_a": 120.5, "plant_b": 98}\'')
     p.add_argument("--project", default=DEFAULT_PROJECT)
     p.add_argument("--at", default=None, help="when the run ended (ISO 8601, default now); dates the rows")
+    _share_options(p, "--share-rule")
+
+    p = add(costs, "share", cmd_share, "(re)compute a Flower run's cost shares per site from its promotion evidence")
+    p.add_argument("--flower-run-id", required=True)
+    p.add_argument("--project", default=DEFAULT_PROJECT)
+    p.add_argument("--day", type=_day, default=None, help="the run's day (default: its training rows' day)")
+    _share_options(p, "--rule")
 
     p = add(costs, "demo-summary", cmd_demo_summary,
             "ingest the last days of the sample exports; project cost by provider and a recommendation")

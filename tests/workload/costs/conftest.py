@@ -25,7 +25,7 @@ from costs.store import CostStore
 
 REPO = Path(__file__).resolve().parents[3]
 SAMPLES = REPO / "costs" / "samples"
-PG_SERVER = os.environ.get("MLEDGE_TEST_PG_URL", "postgresql+psycopg2://postgres@127.0.0.1:5432/postgres")
+PG_SERVER = os.environ.get("MLEDGE_TEST_PG_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/postgres")
 
 
 @pytest.fixture(autouse=True)
@@ -80,7 +80,7 @@ def pg_database(pg_server_url):
 
 def _clear(store: CostStore) -> None:
     with store.engine.begin() as conn:
-        for table in ("cost_rows", "ingestion_runs", "cost_quarantine", "price_offers"):
+        for table in ("cost_rows", "cost_days", "cost_shares", "ingestion_runs", "cost_quarantine", "price_offers"):
             conn.exec_driver_sql(f"DELETE FROM {table}")
 
 

@@ -41,7 +41,7 @@ def test_migrated_to_head(any_store):
     from alembic.runtime.migration import MigrationContext
 
     with any_store.engine.connect() as conn:
-        assert MigrationContext.configure(conn).get_current_revision() == "0001"
+        assert MigrationContext.configure(conn).get_current_revision() == "0002"
 
 
 @pytest.mark.parametrize("pattern", ["aws/mledge-focus/data/**/*.parquet", "azure/mledge-focuscost/**/*.csv",
@@ -140,3 +140,34 @@ def test_text_survives_the_bulk_path(any_store):
     assert json.loads(stored[0].Tags)["note"] == odd
     assert stored[0].ListCost is None and stored[0].x_estimated is False
     assert stored[1].ResourceId == "plain"
+
+
+def test_a_0001_store_keeps_its_quantities_through_0002(tmp_path):
+    """0001 kept PricingQuantity as 1e-10 units on SQLite; 0002 turns it into exact decimal text."""
+    from alembic import command
+    from alembic.config import Config
+    from sqlalchemy import create_engine, select
+
+    from costs.store import MIGRATIONS, CostStore, cost_rows
+
+    url = f"sqlite:///{tmp_path / 'old.db'}"
+    engine = create_engine(url)
+    config = Config()
+    config.set_main_option("script_location", str(MIGRATIONS))
+    with engine.begin() as conn:
+        config.attributes["connection"] = conn
+        command.upgrade(config, "0001")
+        conn.exec_driver_sql(
+            'INSERT INTO cost_rows (x_source, x_row_key, "BilledCost", "EffectiveCost", "BillingCurrency", '
+            '"BillingAccountId", "ChargePeriodStart", "ChargePeriodEnd", "ChargeCategory", "ProviderName", '
+            '"ServiceName", "PricingQuantity", x_estimated) VALUES (\'old\', \'k1\', 15000000000, 15000000000, '
+            "'USD', 'acct', '2026-11-01 00:00:00.000000', '2026-11-02 00:00:00.000000', 'Usage', 'AWS', 'EC2', "
+            "-123456789012345, 0), ('old', 'k2', 1, 1, 'USD', 'acct', '2026-11-01 00:00:00.000000', "
+            "'2026-11-02 00:00:00.000000', 'Usage', 'AWS', 'EC2', NULL, 0)")
+    engine.dispose()
+    store = CostStore(url)
+    with store.engine.connect() as conn:
+        stored = dict(conn.execute(select(cost_rows.c.x_row_key, cost_rows.c.PricingQuantity)).all())
+    assert stored == {"k1": Decimal("-12345.6789012345"), "k2": None}
+    assert store.totals("old")["BilledCost"] == Decimal("1.5000000001")
+    store.dispose()

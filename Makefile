@@ -9,7 +9,7 @@ WL := $(VENVS)/workload
 AF := $(VENVS)/orchestrator
 PIP_FLAGS := --quiet --disable-pip-version-check
 
-.PHONY: browser setup demo demo-attack down status clean-venvs bench bench-robust bench-speed bench-drift bench-costs test test-unit test-dags test-e2e lint lock clean
+.PHONY: browser setup demo demo-attack down status clean-venvs bench bench-robust bench-speed bench-drift bench-costs bench-chaos focus-validator test test-unit test-dags test-e2e lint lock clean
 
 setup: $(WL)/.installed $(AF)/.installed ## build both environments from the lock files
 
@@ -40,8 +40,11 @@ status: ## sites, SuperNodes, Flower runs and registered models as JSON
 
 test: setup lint test-unit test-dags test-e2e ## everything CI runs
 
-test-unit: setup
+test-unit: setup focus-validator
 	$(WL)/bin/python -m pytest -q tests/workload
+
+focus-validator: ## the FinOps Foundation's focus-validator in its own environment (Python >= 3.12), for the cost tests
+	.ci/focus-validator-env
 
 test-dags: setup
 	$(AF)/bin/python -m pytest -q tests/orchestrator
@@ -84,5 +87,8 @@ bench-speed: setup ## one aggregate_train per strategy against a NumPy weighted 
 bench-drift: setup ## detection delay and false alarms per drift scenario, evaluation time against bare Evidently
 	$(WL)/bin/python -m bench.drift
 
-bench-costs: setup ## 1,000,000 FOCUS rows into SQLite and PostgreSQL, re-ingested, against a naive ORM insert
+bench-costs: setup ## 1,000,000 FOCUS 1.2 rows (Parquet) into SQLite and PostgreSQL, re-ingested (unchanged, re-issued), against a naive ORM insert
 	$(WL)/bin/python -m bench.costs
+
+bench-chaos: setup ## faults injected into the running stack (tests/e2e/test_resilience_e2e.py): outcome and recovery time per fault
+	MLEDGE_CHAOS_RESULTS=$(CURDIR)/bench/results/chaos.json $(WL)/bin/python -m pytest -q -m e2e tests/e2e/test_resilience_e2e.py

@@ -88,12 +88,15 @@ def _step(name: str) -> None:
 
 
 class SiteDataError(ValueError):
-    """A site's store cannot be used; the message names the site, the file and what is wrong."""
+    """A site's store cannot be used; the message names the site, the file and what is wrong.
+
+    The message may leave the site (a ClientApp's error reply, a task's log), so it names no cell's value;
+    ``problem`` keeps them for the site's own eyes."""
 
     def __init__(self, site: str, problem: str, path: Path | None = None) -> None:
         self.site, self.problem, self.path = site, problem, path
         where = f" ({path})" if path else ""
-        super().__init__(f"site {site}: {problem}{where}")
+        super().__init__(f"site {site}: {disclosed(problem)}{where}")
 
 
 def site_dir(data_root: Path, site: str) -> Path:
@@ -237,13 +240,23 @@ def _lines(mask: np.ndarray) -> list[int]:
 
 
 def _where(mask: np.ndarray, values: np.ndarray | None = None) -> str:
-    """'<n> row(s), e.g. CSV lines [..]' (with their values)."""
+    """'<n> row(s), e.g. CSV lines [..]' (with their values, as a JSON list: see ``disclosed``)."""
     lines = _lines(mask)
     text = f"{len(lines)} row(s), e.g. CSV lines {lines[:EXAMPLES]}"
     if values is not None:
         shown = [str(v) if isinstance(v, str) else float(v) for v in values[mask][:EXAMPLES]]
-        text += f" (values {shown})"
+        text += f" (values {json.dumps(shown)})"
     return text
+
+
+# " (values [...])" as _where writes it: a JSON list of strings and numbers, whatever a cell held.
+_VALUES = re.compile(r' \(values \[(?:[^\[\]"]|"(?:[^"\\]|\\.)*")*\]\)')
+
+
+def disclosed(problem: str) -> str:
+    """A reason as it may leave the site (XCom, task logs): kinds of problem, columns, counts and CSV line numbers,
+    never a cell's value. The values stay in the reason file beside the quarantined file, at the site."""
+    return _VALUES.sub("", problem)
 
 
 def _as_float(value) -> float:
@@ -724,7 +737,7 @@ def _carry_out(store: Path, claim: Path, decision: dict, recovered: bool) -> dic
         except FileExistsError:
             pass  # written before a crash: the name was free when this claim was decided
         _step("reason-written")
-        out["quarantined"].append({"file": decision["file"], "reason": decision["reason"]["problem"],
+        out["quarantined"].append({"file": decision["file"], "reason": disclosed(decision["reason"]["problem"]),
                                    "path": str(target), "reason_file": str(reason_file), **flag})
     _release(claim)
     return out
@@ -841,7 +854,7 @@ def _outcome(store: Path, name: str) -> dict:
     accepted = list({a["batch"]: a for a in accepted}.values())  # a split batch has two hashes, one batch
     folder = Path(store) / QUARANTINE
     held = [
-        {"file": name, "reason": r["problem"], "path": str(folder / r["quarantined_as"]),
+        {"file": name, "reason": disclosed(r["problem"]), "path": str(folder / r["quarantined_as"]),
          "reason_file": str(folder / (r["quarantined_as"] + REASON_SUFFIX))}
         for r in quarantined(store) if r["file"] == name
     ]

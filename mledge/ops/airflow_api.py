@@ -109,6 +109,12 @@ class AirflowClient:
                 raise AirflowApiError(f"no new run of {dag_id} ({filters}) within {timeout:.0f}s")
             time.sleep(poll_s)
 
+    def clear_failed(self, dag_id: str, run_id: str) -> list[str]:
+        """Run a DAG run's failed tasks (and what follows them) again, as the UI's Clear button: the task ids."""
+        body = {"dry_run": False, "dag_run_id": run_id, "only_failed": True, "reset_dag_runs": True}
+        cleared = self._call("POST", f"/dags/{dag_id}/clearTaskInstances", json=body)
+        return sorted({t["task_id"] for t in cleared.get("task_instances", [])})
+
     def task_instances(self, dag_id: str, run_id: str) -> list[dict]:
         return self._call("GET", f"/dags/{dag_id}/dagRuns/{run_id}/taskInstances")["task_instances"]
 

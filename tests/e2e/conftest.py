@@ -3,17 +3,27 @@ environment `mledge stack up` gets (free ports, only the test's own settings).""
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
 import sys
 import tempfile
+import uuid
 from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
+import requests
+
+from mledge.contracts import GLOBAL_MODEL
+from mledge.ops.airflow_api import AirflowClient, password_for
+from mledge.ops.processes import group_alive
 
 BIN = Path(sys.executable).parent
+DAG_ID = "federated_training"
+SITES = ("plant_a", "plant_b", "plant_c")
 # Settings of the developer's shell that would point the test's stack elsewhere.
 DROPPED = ("MLFLOW_TRACKING_URI", "FLWR_HOME", "PYTHONPATH", "MLEDGE_AIRFLOW_DB_URL", "MLEDGE_PLATFORM_DB_URL",
            "MLEDGE_COST_DB_URL", "MLEDGE_DRIFT_SCHEDULE", "MLEDGE_PLATFORM_HOME", "MLEDGE_DATA_ROOT",
@@ -58,3 +68,156 @@ def stack_ports(free_ports, start: int) -> dict[str, int]:
 def run_mledge(env: Mapping[str, str], *args: str, timeout: float = 300) -> subprocess.CompletedProcess:
     return subprocess.run([str(BIN / "mledge"), *args], env=dict(env), capture_output=True, text=True,
                           timeout=timeout)
+
+
+@pytest.fixture(scope="module")
+def airflow_db_url():
+    import psycopg2
+
+    try:
+        admin = psycopg2.connect(host="127.0.0.1", port=5432, user="postgres", dbname="postgres", connect_timeout=3)
+    except psycopg2.OperationalError:
+        if os.environ.get("CI", "").lower() == "true":
+            raise
+        yield None  # no PostgreSQL here: the product default, SQLite
+        return
+    admin.autocommit = True
+    name = f"mledge_e2e_{uuid.uuid4().hex[:10]}"
+    with admin.cursor() as cur:
+        cur.execute(f'CREATE DATABASE "{name}"')
+    yield f"postgresql+psycopg2://postgres@127.0.0.1:5432/{name}"
+    with admin.cursor() as cur:
+        cur.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    admin.close()
+
+
+class Platform:
+    def __init__(self, home: Path, env: dict[str, str], airflow_port: int, mlflow_port: int) -> None:
+        self.home, self.env = home, env
+        self.platform_home, self.sites = home / "platform", home / "sites"
+        self.secrets = self.platform_home / "secrets"
+        # TLS with the platform's own CA (the bundle beside it also holds the system's public CAs).
+        self.airflow_url = f"https://127.0.0.1:{airflow_port}"
+        self.mlflow_url = f"https://127.0.0.1:{mlflow_port}"
+        self.ca = str(self.secrets / "tls" / "ca-bundle.pem")
+
+    def mledge(self, *args: str, timeout: float = 300) -> subprocess.CompletedProcess:
+        return run_mledge(self.env, *args, timeout=timeout)
+
+    def airflow(self, user: str = "admin") -> AirflowClient:
+        password = password_for(self.secrets / "airflow_passwords.json", user)
+        return AirflowClient(self.airflow_url, user, password, timeout=120, verify=self.ca)
+
+    def mlflow_login(self, identity: str = "platform") -> tuple[str, str]:
+        users = json.loads((self.secrets / "mlflow_users.json").read_text())["users"]
+        return identity, users[identity]
+
+    def mlflow(self, path: str, identity: str = "platform", **params) -> dict:
+        response = requests.get(
+            f"{self.mlflow_url}/api/2.0/mlflow/{path}", params=params, auth=self.mlflow_login(identity), timeout=120
+        )
+        response.raise_for_status()
+        return response.json()
+
+    def aliases(self) -> dict[str, str]:
+        model = self.mlflow("registered-models/get", name=GLOBAL_MODEL)["registered_model"]
+        return {a["alias"]: a["version"] for a in model.get("aliases", [])}
+
+    def logs(self) -> str:
+        return "\n".join(
+            f"--- {p.name}\n" + "\n".join(p.read_text(errors="replace").splitlines()[-30:])
+            for p in sorted((self.home / "logs").glob("*.log"))
+        )
+
+
+@contextmanager
+def running_stack(home: Path, env: dict[str, str], ports: Mapping[str, int], *up_args: str) -> Iterator[Platform]:
+    """`mledge stack up` in ``home``, the test's requests trusting its CA; afterwards `stack down`, and every
+    process group it started is gone."""
+    stack = Platform(home, env, ports["airflow"], ports["mlflow"])
+    stack.ports = dict(ports)
+    pids: dict[str, int] = {}
+    try:
+        up = stack.mledge("stack", "up", *up_args, timeout=900)
+        assert up.returncode == 0, f"stack up failed:\n{up.stderr[-3000:]}\n{stack.logs()}"
+        pids = json.loads(up.stdout)
+        with pytest.MonkeyPatch.context() as trust:
+            trust.setenv("REQUESTS_CA_BUNDLE", stack.ca)
+            yield stack
+    finally:
+        down = stack.mledge("stack", "down")
+        assert down.returncode == 0, down.stderr
+    for name, pid in pids.items():
+        assert not group_alive(pid), name
+        assert not (home / "run" / f"{name}.pid").exists()
+
+
+def site_owns(site_home: Path, *paths: Path) -> None:
+    """Files the test puts in a site's store belong to the site's user, like those its own processes write."""
+    owner = site_home.stat()
+    for path in paths:
+        os.chown(path, owner.st_uid, owner.st_gid)
+        os.chmod(path, 0o600)
+
+
+def run_dag(platform: Platform, dag_id: str, conf: dict) -> tuple[str, str, dict[str, str]]:
+    """Trigger a DAG as admin and wait for its end: (run id, state, task -> state)."""
+    client = platform.airflow()
+    client.wait_for_dag(dag_id)
+    client.unpause(dag_id)
+    run_id = client.trigger(dag_id, conf)
+    return (run_id, *finished(platform, dag_id, run_id))
+
+
+def finished(platform: Platform, dag_id: str, run_id: str) -> tuple[str, dict[str, str]]:
+    client = platform.airflow()
+    run = client.wait_for_run(dag_id, run_id, timeout=900)
+    tasks = {}
+    for t in client.task_instances(dag_id, run_id):
+        tasks[t["task_id"] + (f"[{t['map_index']}]" if t.get("map_index", -1) >= 0 else "")] = t["state"]
+    return run["state"], tasks
+
+
+def training_xcom(platform: Platform, run_id: str, state: str, tasks: dict[str, str]) -> dict:
+    assert state == "success", f"{run_id}: {tasks}\n{platform.logs()}"
+    client = platform.airflow()
+    return {task: client.xcom(DAG_ID, run_id, task) for task in tasks}
+
+
+def run_training(platform: Platform, conf: dict) -> tuple[str, dict]:
+    run_id, state, tasks = run_dag(platform, DAG_ID, conf)
+    return run_id, training_xcom(platform, run_id, state, tasks)
+
+
+def site_aliases(platform: Platform, site: str) -> dict[str, str]:
+    model = platform.mlflow("registered-models/get", name=f"{site}-axis_failures-federated")["registered_model"]
+    return {a["alias"]: a["version"] for a in model.get("aliases", [])}
+
+
+def drift_alerts(platform: Platform) -> list[dict]:
+    done = platform.mledge("drift", "alerts", "--json")
+    assert done.returncode == 0, done.stderr
+    return json.loads(done.stdout)
+
+
+def known_secrets(home: Path) -> dict[str, str]:
+    """Every secret the stack generated, by where it is kept: values of at least 8 characters."""
+    found: dict[str, str] = {}
+    for path in sorted((home / "platform" / "secrets").rglob("*")):
+        if not path.is_file() or path.suffix in (".pem", ".crt", ".pub"):
+            continue
+        text = path.read_text(errors="replace")
+        if path.suffix == ".json":
+            def walk(value, where):
+                if isinstance(value, dict):
+                    for k, v in value.items():
+                        walk(v, f"{where}:{k}")
+                elif isinstance(value, str) and len(value) >= 8:
+                    found[where] = value
+            walk(json.loads(text), path.name)
+        else:
+            for line in text.splitlines():
+                key, _, value = line.partition("=")
+                if len(value.strip()) >= 8:
+                    found[f"{path.name}:{key.strip()}"] = value.strip()
+    return found

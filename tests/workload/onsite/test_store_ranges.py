@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -77,7 +79,9 @@ def test_the_count_is_complete_and_the_examples_few(good):
 @pytest.mark.parametrize("value", [np.inf, -np.inf])
 def test_infinite_values_are_named_not_taken_for_fractions(good, value):
     problems = schema_problems(_set(good, "tool_wear_min", [2, 3], value))
-    assert problems == [f"non-finite values in tool_wear_min: 2 row(s), e.g. CSV lines [4, 5] (values {[value] * 2})"]
+    shown = "Infinity" if value > 0 else "-Infinity"
+    lines = "2 row(s), e.g. CSV lines [4, 5]"
+    assert problems == [f"non-finite values in tool_wear_min: {lines} (values [{shown}, {shown}])"]
 
 
 def test_a_missing_value_is_not_a_range_problem(good):
@@ -90,7 +94,7 @@ def test_text_in_a_number_names_the_lines_and_values(good):
     frame["torque_nm"] = frame["torque_nm"].astype(object)
     frame.loc[[5, 6], "torque_nm"] = ["forty", "n/a"]
     (problem,) = schema_problems(frame)
-    assert problem == "non-numeric values in torque_nm: 2 row(s), e.g. CSV lines [7, 8] (values ['forty', 'n/a'])"
+    assert problem == 'non-numeric values in torque_nm: 2 row(s), e.g. CSV lines [7, 8] (values ["forty", "n/a"])'
 
 
 def test_reading_a_stored_batch_checks_the_ranges_too(make_store):
@@ -103,3 +107,29 @@ def test_reading_a_stored_batch_checks_the_ranges_too(make_store):
         load_site_data(store, "plant_b")
     assert err.value.path == bad
     assert "out-of-range values in process_temperature_k" in str(err.value) and "CSV lines [6]" in str(err.value)
+    # What may leave the site names the line, not the reading; the site's own copy keeps it.
+    assert "37.2" not in str(err.value) and "(values [37.2])" in err.value.problem
+
+
+@pytest.mark.parametrize(
+    "cell", ["Jane Doe, operator", 'x"]) (values ["leak', "]) also", "\\", "12345678901234567890"]
+)
+def test_no_cell_value_leaves_the_site_with_a_quarantine(make_store, cell):
+    """Whatever a cell holds, the summary a collection returns (XCom, task log) leaves it out; the reason file
+    beside the quarantined file, at the site, keeps it."""
+    import json
+
+    from mledge.onsite.store import accept_incoming
+
+    store = make_store("plant_a", batches=1, rows=30)
+    frame = pd.read_csv(batch_paths(store)[0]).astype({"torque_nm": object})
+    frame.loc[[3, 4], "torque_nm"] = [cell, cell]
+    (store / "incoming").mkdir(exist_ok=True)
+    frame.to_csv(store / "incoming" / "export.csv", index=False)
+    result = accept_incoming(store, "plant_a", 0.5)
+    (held,) = result["quarantined"]
+    assert "values in torque_nm" in held["reason"] and "2 row(s), e.g. CSV lines [5, 6]" in held["reason"]
+    summary = json.dumps(result)
+    assert cell not in summary and json.dumps(cell)[1:-1] not in summary and "(values" not in summary
+    kept = json.loads(Path(held["reason_file"]).read_text())["problem"]
+    assert "(values [" in kept and (json.dumps(cell) in kept or "e+19" in kept)

@@ -71,7 +71,9 @@ def test_matrix_names_are_the_ones_the_code_uses():
     from mledge.contracts import drift_experiment as experiment_name
 
     names = {str(r) for r in MATRIX.resources}
-    expected = {f"experiment:{EXPERIMENT}", f"experiment:{GLOBAL_MODELS_EXPERIMENT}", f"registered_model:{GLOBAL_MODEL}"}
+    expected = {
+        f"experiment:{EXPERIMENT}", f"experiment:{GLOBAL_MODELS_EXPERIMENT}", f"registered_model:{GLOBAL_MODEL}"
+    }
     for site in SITES:
         expected |= {f"experiment:{experiment_name(site)}", f"registered_model:{site_model_name(site)}",
                      f"experiment:{site_models_experiment(site)}"}

@@ -177,3 +177,81 @@ def metric_problems(
     if max_seconds is not None and float(metrics.get(COMPUTE_KEY, 0.0)) > max_seconds:
         problems.append(f"{COMPUTE_KEY}={metrics[COMPUTE_KEY]} exceeds the {max_seconds:.1f}s the platform waited")
     return problems
+
+
+# --- what leaves a site ----------------------------------------------------------------------------------------
+# Every record and key a site sends to the platform, per channel. README's "What leaves a site" table is this
+# declaration (``disclosure_table``), and tests/workload/security/test_what_leaves_a_site.py holds the ClientApp's
+# real replies and the site tasks' real results to it: a new key fails that test until it is declared here.
+
+
+@dataclass(frozen=True)
+class Disclosure:
+    """One thing a site sends: over which channel, in which record, with which keys, and what they are."""
+
+    channel: str
+    record: str
+    keys: tuple[str, ...]  # "*" for the arrays of a model: every weight tensor of its state
+    meaning: str
+
+
+def _counts(prefix: str = "") -> tuple[str, ...]:
+    return tuple(counts_record(ZERO, prefix))
+
+
+WHAT_LEAVES_A_SITE: tuple[Disclosure, ...] = (
+    Disclosure("Flower reply to `query`", "site", ("site",), "the site's name (checked against its node key)"),
+    Disclosure("Flower reply to `train`", "arrays", ("*",), "the received global model after local training"),
+    Disclosure(
+        "Flower reply to `train`", "metrics",
+        (*_counts(), "eval-examples", "train-loss", "num-examples", COMPUTE_KEY),
+        "confusion counts and loss sum of the received model on the held-out rows and their number; the last "
+        "epoch's mean training loss; training rows; compute seconds",
+    ),
+    Disclosure("Flower reply to `train`", "site", ("site",), "the site's name"),
+    Disclosure("Flower reply to `train.finalise`", "arrays", ("*",), "the site's personalised model"),
+    Disclosure(
+        "Flower reply to `train.finalise`", "metrics",
+        (
+            "num-examples", *_counts(), *_counts("champion-"), "recent-examples", *_counts("recent-global-"),
+            *_counts("site-champion-"), "personal-train-loss", *_counts("personal-"), COMPUTE_KEY,
+        ),
+        "confusion counts and loss sums of the final global model, the global champion (all held-out rows), the "
+        "global model, the site's champion and its personalised model (recent held-out rows); row counts; the "
+        "personalisation's training loss; compute seconds",
+    ),
+    Disclosure("Flower reply to `train.finalise`", "window", ("data", "recent"),
+               "names of the first and last batch trained on (`batch-000001:batch-000004`), not their rows"),
+    Disclosure("Flower reply to `train.finalise`", "site", ("site",), "the site's name"),
+    Disclosure("Flower error reply (any message)", "error", ("code", "reason"),
+               "what failed: a file name, a column, counts and CSV line numbers; never a cell's value"),
+    Disclosure(
+        "Airflow task `<site>.collect` (XCom, log)", "result", ("site", "accepted", "quarantined", "run_id"),
+        "per file: the batch it became and its row count, or the reason it was quarantined (columns, counts, "
+        "CSV line numbers) and where it lies at the site",
+    ),
+)
+
+
+def declared(channel: str, record: str) -> frozenset[str]:
+    """The keys ``record`` may carry on ``channel`` (empty when the record is not declared there)."""
+    return frozenset(k for d in WHAT_LEAVES_A_SITE if (d.channel, d.record) == (channel, record) for k in d.keys)
+
+
+def disclosure_table() -> str:
+    """README's table of what leaves a site, as Markdown."""
+    lines = ["| channel | record | keys | what it is |", "|---|---|---|---|"]
+    for d in WHAT_LEAVES_A_SITE:
+        lines.append(f"| {d.channel} | `{d.record}` | {_keys_text(d.keys)} | {d.meaning} |")
+    return "\n".join(lines)
+
+
+def _keys_text(keys: tuple[str, ...]) -> str:
+    """Keys for a reader: a model's weights in words, each full set of counts as its prefix."""
+    if keys == ("*",):
+        return "weights of every layer"
+    prefixes = [p for p in dict.fromkeys(k[: -len("tp")] for k in keys if k.endswith("tp"))
+                if set(_counts(p)) <= set(keys)]
+    grouped = {k for p in prefixes for k in _counts(p)}
+    parts = [f"counts `{p}{{{','.join(_counts())}}}`" for p in prefixes]
+    return ", ".join(parts + [f"`{k}`" for k in keys if k not in grouped])

@@ -53,6 +53,25 @@ def finished_run(client: AirflowClient, dag_id: str, run_id: str, timeout: float
     return {"dag_id": dag_id, "dag_run_id": run_id, "state": run["state"], "tasks": tasks}
 
 
+def where_tasks_ran(client: AirflowClient, facts: dict[str, Any], sites: tuple[str, ...]) -> dict[str, list[str]]:
+    """Per site, its tasks of the run and the worker that ran each; the platform's tasks under "platform"."""
+    ran: dict[str, list[str]] = {}
+    for t in client.task_instances(facts["dag_id"], facts["dag_run_id"]):
+        if t.get("state") != "success":
+            continue
+        side = t.get("queue") if t.get("queue") in sites else "platform"
+        worker = f"{t.get('hostname') or '?'} ({t.get('executor') or 'default executor'})"
+        ran.setdefault(side, []).append(f"{t['task_id']} on {worker}")
+    return ran
+
+
+def print_where_tasks_ran(client: AirflowClient, facts: dict[str, Any], sites: tuple[str, ...]) -> None:
+    ran = where_tasks_ran(client, facts, sites)
+    for side in (*sites, "platform"):
+        for line in ran.get(side, []):
+            print(f"  {side:<9} {line}")
+
+
 def training_facts(client: AirflowClient, facts: dict[str, Any]) -> dict[str, Any]:
     for task, key in (("start_flower_run", "flower"), ("await_flower_run", "flower_result"),
                       ("register_and_promote", "promotion")):
@@ -222,12 +241,17 @@ def run_demo(settings: Settings, rounds: int, timeout: float) -> dict[str, Any]:
 
     print(f"\n== 2. data collection: {COLLECTED_BATCHES} more batches per site (drift scheduled at plant_b)")
     for _ in range(COLLECTED_BATCHES):
-        _require(run_dag(client, COLLECTION, {}, timeout))
+        collected = run_dag(client, COLLECTION, {}, timeout)
+        _require(collected)
+    print("where the last collection's tasks ran (a site's tasks on its own edge worker):")
+    print_where_tasks_ran(client, collected, settings.sites)
 
     print("\n== 3. drift evaluation at every site; confirmed drift emits the Asset event")
     known = {r["dag_run_id"] for r in client.runs(DAG_ID)}
     drift = run_dag(client, DRIFT, {"retraining": "auto"}, timeout)
     _require(drift)
+    print("where the evaluation's tasks ran:")
+    print_where_tasks_ran(client, drift, settings.sites)
     alerts = mledge_json(settings, "drift", "alerts", "--json")
     print_alerts(alerts, settings.sites)
 

@@ -40,6 +40,7 @@ from mledge.contracts import (
 )
 from operators.assets import DRIFT
 from operators.mledge import MledgeOperator
+from operators.notifiers import RunFailedNotifier
 
 # The run the training ended with (await_flower_run may have had to start it again).
 RUN_ID = "{{ ti.xcom_pull(task_ids='await_flower_run')['run_id'] }}"
@@ -97,6 +98,7 @@ with DAG(
     },
     tags=["mledge", USE_CASE, "federated"],
     doc_md=__doc__,
+    on_failure_callback=RunFailedNotifier(),  # mail (operators/notifiers.py; MLEDGE_NOTIFY_EMAIL)
 ) as dag:
     migrate_platform_db = MledgeOperator(task_id="migrate_platform_db", arguments=["db", "migrate"])
     wait_for_supernodes = MledgeOperator(

@@ -1,40 +1,42 @@
 """``mledge``: the one entry point to MLEDGE's workload, for people, Airflow tasks and containers alike.
 
-Commands that Airflow runs print one JSON document on stdout (their result, which becomes the task's XCom) and
-log to stderr (which becomes the task log). Heavy libraries are imported inside the command that needs them.
-One module per command group; each adds its commands with ``register(commands)``.
+Every command prints one result on stdout and logs to stderr (which becomes the task log): JSON when stdout is not
+a terminal or with ``--json`` (Airflow tasks: the task's XCom; ``MledgeHook`` passes ``--json``), a table in a
+terminal or with ``--table`` (``mledge.cli.output``). Heavy libraries are imported inside the command that needs
+them. One module per command group; each adds its commands with ``register(commands)``.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import os
 import sys
 from collections.abc import Sequence
 from typing import Any
 
-from mledge.cli import costs, data, drift, fl, models, overview, platform_db, security, sites, stack
+from mledge.cli import console, costs, data, drift, fl, models, output, overview, platform_db, security, sites, stack
 from mledge.cli.common import become_site
 from mledge.ops.components import bundle_path, trust
 from mledge.ops.settings import Settings
 
 log = logging.getLogger("mledge")
-GROUPS = (data, stack, security, sites, fl, models, platform_db, drift, costs, overview)
+GROUPS = (data, stack, security, sites, fl, models, platform_db, drift, costs, overview, console)
 
 
-def _emit(document: Any) -> None:
-    json.dump(document, sys.stdout, indent=2, default=str)
-    sys.stdout.write("\n")
+def _emit(document: Any, args: argparse.Namespace) -> None:
+    """The result as JSON (not a terminal, or --json) or as a table (a terminal, or --table)."""
+    output.emit(document, args, sys.stdout)
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="mledge", description=__doc__.splitlines()[0])
+    parser = output.ArgumentParser(prog="mledge", description=__doc__.splitlines()[0])
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
-    commands = parser.add_subparsers(dest="command", required=True)
+    output.add_output_flags(parser)
+    commands = parser.add_subparsers(dest="command", required=True, parser_class=output.ArgumentParser)
     for module in GROUPS:
         module.register(commands)
+    output.add_examples(parser)
     return parser
 
 
@@ -70,7 +72,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         log.error("%s: %s", exc.__class__.__name__, exc)
         return 1
     if args.func is not overview.cmd_demo:
-        _emit(result)
+        _emit(result, args)
     return 0
 
 

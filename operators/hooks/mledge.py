@@ -4,7 +4,8 @@ Airflow and the workload (Flower, torch, MLflow) live in separate Python environ
 workload through one command, ``mledge``, the same program a container runs in docker-compose or Kubernetes.
 
 The program is found through the ``MLEDGE_BIN`` environment variable (the local stack sets it to the workload
-venv's ``mledge``), else ``mledge`` on PATH (containers).
+venv's ``mledge``), else ``mledge`` on PATH (containers). It is always asked for JSON (the global ``--json``):
+``mledge`` prints tables for people at a terminal, and a task must never depend on how its stdout is attached.
 """
 
 from __future__ import annotations
@@ -26,8 +27,12 @@ class MledgeCommandError(RuntimeError):
     """The workload command failed; the message carries its exit code and the end of what it said."""
 
 
+# The global flag that makes ``mledge`` print its result as JSON (mledge.cli.output), before the command.
+JSON_FLAG = "--json"
+
+
 class MledgeHook(BaseHook):
-    """Runs ``mledge <arguments>`` in the workload environment and parses its JSON output."""
+    """Runs ``mledge --json <arguments>`` in the workload environment and parses its JSON output."""
 
     def __init__(self, executable: str | None = None) -> None:
         super().__init__()
@@ -36,7 +41,7 @@ class MledgeHook(BaseHook):
 
     def run(self, arguments: Sequence[str], env: Mapping[str, str] | None = None) -> Any:
         """Run the command; ``env`` adds variables (credentials from a Connection) to this process only."""
-        argv = [self.executable, *map(str, arguments)]
+        argv = [self.executable, JSON_FLAG, *map(str, arguments)]
         self.log.info("Running %s", " ".join(argv))  # never the environment: it may carry credentials
         self._process = subprocess.Popen(
             argv,

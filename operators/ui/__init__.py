@@ -1,6 +1,6 @@
-"""MLEDGE's pages inside the Airflow UI: the drift review page and the Costs page (an Airflow 3 plugin).
+"""MLEDGE's pages inside the Airflow UI: Federation, Drift review and Costs (an Airflow 3 plugin).
 
-The api-server mounts the FastAPI app under ``/mledge`` and the UI shows two nav entries that frame its pages.
+The api-server mounts the FastAPI app under ``/mledge`` and the UI shows three nav entries that frame its pages.
 Registered through the ``airflow.plugins`` entry point ``mledge = "operators.ui:MledgePlugin"`` (pyproject.toml).
 
 Every figure on these pages comes from the workload's ``mledge`` command (``operators.hooks.mledge.MledgeHook``):
@@ -21,6 +21,14 @@ _PREFIX = URL_PREFIX.strip("/")
 
 NAV_VIEWS = [
     {
+        "name": "Federation",
+        "href": f"{_PREFIX}/federation",
+        "destination": "nav",
+        "url_route": "mledge-federation",
+        "icon": f"{_PREFIX}/static/federation.svg",
+        "nav_top_level": True,
+    },
+    {
         "name": "Drift",
         "href": f"{_PREFIX}/drift",
         "destination": "nav",
@@ -40,7 +48,7 @@ NAV_VIEWS = [
 
 
 class MledgePlugin(AirflowPlugin):
-    """Drift review and Costs pages, plus the same data as JSON under ``/mledge/api``."""
+    """Federation, Drift review and Costs pages, plus the same data as JSON under ``/mledge/api``."""
 
     name = "mledge"
     external_views = NAV_VIEWS
@@ -51,4 +59,4 @@ class MledgePlugin(AirflowPlugin):
         # macros) and should not pay a second for FastAPI, Jinja and Airflow's API modules.
         from operators.ui.app import app
 
-        return [{"app": app, "url_prefix": URL_PREFIX, "name": "MLEDGE drift review and costs"}]
+        return [{"app": app, "url_prefix": URL_PREFIX, "name": "MLEDGE federation, drift review and costs"}]

@@ -6,6 +6,7 @@ manager knows, so the standard roles work unchanged:
 
 | permission        | Airflow check                                             | SimpleAuthManager / FAB roles |
 |-------------------|-----------------------------------------------------------|-------------------------------|
+| view federation   | read the federated training DAG                           | Viewer and up                 |
 | view drift alerts | read the drift evaluation DAG                             | Viewer and up                 |
 | view costs        | read the billing ingestion DAG                            | Viewer and up                 |
 | acknowledge/dismiss | edit the drift evaluation DAG                           | User, Op, Admin               |
@@ -65,6 +66,7 @@ class Permission:
         return f"{needs} and {self.asset_method} on Assets" if self.asset_method else needs
 
 
+VIEW_FEDERATION = Permission("view_federation", "see the federation", TRAINING_DAG_ID, "GET")
 VIEW_DRIFT = Permission("view_drift", "see drift alerts", DRIFT_DAG_ID, "GET")
 VIEW_COSTS = Permission("view_costs", "see costs", BILLING_DAG_ID, "GET")
 REVIEW = Permission("review", "acknowledge or dismiss drift alerts", DRIFT_DAG_ID, "PUT")
@@ -75,7 +77,7 @@ ACTION_PERMISSIONS = {"acknowledge": REVIEW, "dismiss": REVIEW, "approve": APPRO
 
 def permissions(user: BaseUser) -> dict[str, bool]:
     """What the pages may offer this user (buttons are disabled, never the only guard)."""
-    return {p.name: p.allows(user) for p in (VIEW_DRIFT, VIEW_COSTS, REVIEW, APPROVE)}
+    return {p.name: p.allows(user) for p in (VIEW_FEDERATION, VIEW_DRIFT, VIEW_COSTS, REVIEW, APPROVE)}
 
 
 def require(user: BaseUser, permission: Permission) -> None:

@@ -2,12 +2,14 @@
 
 | route                                   | what                                                              |
 |-----------------------------------------|-------------------------------------------------------------------|
-| GET  /drift?site=&status=               | drift review page (filters by site and status)                    |
+| GET  /federation                        | Federation page: sites, readiness, last runs per round, models, cost |
+| GET  /drift?site=&status=&decision=     | drift review page (decision=drift unless chosen), per-site timeline |
 | POST /drift/alerts/{id}/{action}        | acknowledge, dismiss or approve (form buttons; redirects back)    |
 | GET  /costs?project=&from=&until=       | Costs page: daily cost per provider chart, totals, recommend form |
 | POST /costs/recommend                   | the recommendation form                                           |
 | GET  /api/me                            | the logged-in user and what they may do                           |
-| GET  /api/drift/alerts?site=&status=    | alerts as ``mledge drift alerts --json`` gives them               |
+| GET  /api/federation                    | ``mledge console federation --json`` and ``cost_this_month``      |
+| GET  /api/drift/alerts?site=&status=&decision= | alerts as ``mledge drift alerts --json`` gives them (any decision) |
 | POST /api/drift/alerts/{id}/review      | ``{"action": ...}`` -> ``{"alert": {...}, "asset_event": {...}}`` |
 | GET  /api/costs/report?project=&from=&to= | ``mledge costs report --json --chart-svg`` (``to`` exclusive)   |
 | GET  /api/costs/recommend?vcpus=&memory_gib=&gpus=&gpu_class=&regions=&hours= | ``mledge costs recommend --json`` |
@@ -23,10 +25,11 @@ import base64
 import json
 import re
 from collections.abc import Mapping
+from datetime import UTC, datetime, timedelta
 from decimal import Decimal, InvalidOperation
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlencode
+from urllib.parse import quote, urlencode
 
 from fastapi import APIRouter, FastAPI, HTTPException, Query, Request, status
 from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
@@ -35,8 +38,16 @@ from fastapi.templating import Jinja2Templates
 from pydantic import BaseModel
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from mledge.contracts import ALERT_ACTIONS, ALERT_STATUSES, ALERT_TRANSITIONS, DRIFT_ASSET_URI, REVIEW_ACTIONS
-from operators.ui import access, asset_events, forms, links, workload
+from mledge.contracts import (
+    ALERT_ACTIONS,
+    ALERT_DECISIONS,
+    ALERT_STATUSES,
+    ALERT_TRANSITIONS,
+    CHAMPION,
+    DRIFT_ASSET_URI,
+    REVIEW_ACTIONS,
+)
+from operators.ui import URL_PREFIX, access, asset_events, charts, forms, links, workload
 from operators.ui.access import UserDep
 from operators.ui.workload import WorkloadError
 
@@ -51,6 +62,11 @@ ACTIONS_BY_STATUS = {
 ACTION_LABELS = {"acknowledge": "Acknowledge", "dismiss": "Dismiss", "approve": "Approve retraining"}
 DONE_WORDS = {"acknowledge": "acknowledged", "dismiss": "dismissed", "approve": "approved for retraining"}
 _DAG_ID = re.compile(r"^[A-Za-z0-9_.-]{1,250}$")
+# The drift page opens on confirmed drift; "any" shows every evaluation (the clean ones are recorded too).
+DEFAULT_DECISION = "drift"
+ANY = "any"
+DECISION_LABELS = {"drift": "drift (confirmed)", "no_drift": "no drift", ANY: "any decision"}
+FEDERATION_RUNS = 5
 
 # Our own pages only load our own files; the chart is an <img> data URI, so nothing in it can run.
 SECURITY_HEADERS = {
@@ -105,6 +121,12 @@ def _base(request: Request) -> str:
     return request.scope.get("root_path", "").rstrip("/")
 
 
+def _airflow(request: Request) -> str:
+    """The Airflow UI's own root (the mount point less ``/mledge``): links to DAG runs open there, in the top window."""
+    base = _base(request)
+    return base[: -len(URL_PREFIX)] if base.endswith(URL_PREFIX) else ""
+
+
 def _is_api(request: Request) -> bool:
     return request.url.path.removeprefix(_base(request)).startswith("/api/")
 
@@ -135,8 +157,29 @@ def _context(request: Request, user: Any, page: str, title: str) -> dict[str, An
 # --- drift review ----------------------------------------------------------------------------------------
 
 
-def _filter(alerts: list[dict], site: str, status_: str) -> list[dict]:
-    return [a for a in alerts if (not site or a.get("site") == site) and (not status_ or a.get("status") == status_)]
+def _decision(value: str | None) -> str:
+    """The decision filter: a known decision, or any (empty or unknown values show every decision)."""
+    return value if value in ALERT_DECISIONS else ANY
+
+
+def _filter(alerts: list[dict], site: str, status_: str, decision: str = ANY) -> list[dict]:
+    return [
+        a for a in alerts
+        if (not site or a.get("site") == site) and (not status_ or a.get("status") == status_)
+        and (decision == ANY or a.get("decision") == decision)
+    ]
+
+
+def _timelines(alerts: list[dict], sites: list[str]) -> list[dict[str, Any]]:
+    """One chart per site of every evaluation (both decisions), p-value per batch."""
+    found = []
+    for position, site in enumerate(sites):
+        mine = [a for a in alerts if a.get("site") == site]
+        if mine:
+            found.append({"site": site, "count": len(mine),
+                          "drift": sum(1 for a in mine if a.get("decision") == "drift"),
+                          "chart": charts.drift_timeline(mine, site=site, chart_id=f"timeline-{position}")})
+    return found
 
 
 def _row(alert: dict) -> dict[str, Any]:
@@ -171,8 +214,8 @@ def _done_notice(params: Mapping[str, str]) -> str | None:
 
 
 async def _drift_page(
-    request: Request, user: Any, site: str, status_: str, *, errors: list[dict] | None = None,
-    status_code: int = 200,
+    request: Request, user: Any, site: str, status_: str, decision: str = DEFAULT_DECISION, *,
+    errors: list[dict] | None = None, status_code: int = 200,
 ) -> HTMLResponse:
     context = _context(request, user, "drift", "Drift review")
     context["errors"] = list(errors or [])
@@ -182,14 +225,22 @@ async def _drift_page(
         alerts = []
         context["errors"].append(_box("Could not load the drift alerts", exc))
     counts = {s: sum(1 for a in alerts if a.get("status") == s) for s in ALERT_STATUSES}
+    decision_counts = {d: sum(1 for a in alerts if a.get("decision") == d) for d in ALERT_DECISIONS}
+    decision_counts[ANY] = len(alerts)
+    sites = sorted({str(a["site"]) for a in alerts if a.get("site")} | ({site} if site else set()))
     context.update(
-        alerts=[_row(a) for a in _filter(alerts, site, status_)],
+        alerts=[_row(a) for a in _filter(alerts, site, status_, decision)],
         total=len(alerts),
         counts=counts,
-        sites=sorted({str(a["site"]) for a in alerts if a.get("site")} | ({site} if site else set())),
+        sites=sites,
         statuses=ALERT_STATUSES,
         site=site,
         status=status_,
+        decision=decision,
+        decisions=(*ALERT_DECISIONS, ANY),
+        decision_labels=DECISION_LABELS,
+        decision_counts=decision_counts,
+        timelines=_timelines(alerts, [site] if site else sites),
         labels=ACTION_LABELS,
         notice=_done_notice(request.query_params),
         asset_uri=DRIFT_ASSET_URI,
@@ -217,19 +268,21 @@ async def review(request: Request, alert_id: int, action: str, user: Any) -> dic
 
 @app.get("/", include_in_schema=False)
 async def index(request: Request) -> RedirectResponse:
-    return RedirectResponse(f"{_base(request)}/drift", status_code=status.HTTP_303_SEE_OTHER)
+    return RedirectResponse(f"{_base(request)}/federation", status_code=status.HTTP_303_SEE_OTHER)
 
 
 @app.get("/drift", response_class=HTMLResponse)
-async def drift_page(request: Request, user: UserDep, site: str = "", status_: str = Query("", alias="status")):
+async def drift_page(request: Request, user: UserDep, site: str = "", status_: str = Query("", alias="status"),
+                     decision: str = DEFAULT_DECISION):
     access.require(user, access.VIEW_DRIFT)
-    return await _drift_page(request, user, site, status_)
+    return await _drift_page(request, user, site, status_, _decision(decision))
 
 
 @app.post("/drift/alerts/{alert_id}/{action}", response_class=HTMLResponse)
 async def drift_action(request: Request, alert_id: int, action: str, user: UserDep):
     form = await request.form()
     site, status_ = str(form.get("site", "")), str(form.get("status", ""))
+    decision = _decision(str(form.get("decision", DEFAULT_DECISION)))
     if action not in REVIEW_ACTIONS:
         raise HTTPException(status.HTTP_404_NOT_FOUND, f"unknown action {action!r}")
     try:
@@ -237,15 +290,17 @@ async def drift_action(request: Request, alert_id: int, action: str, user: UserD
         access.require(user, access.ACTION_PERMISSIONS[action])
         outcome = await review(request, alert_id, action, user)
     except HTTPException as exc:
-        return await _drift_page(request, user, site, status_, errors=[_box("Refused", exc.detail)],
+        return await _drift_page(request, user, site, status_, decision, errors=[_box("Refused", exc.detail)],
                                  status_code=exc.status_code)
     except WorkloadError as exc:
         box = _box(f"Could not {action} alert {alert_id}", exc)
-        return await _drift_page(request, user, site, status_, errors=[box], status_code=status.HTTP_502_BAD_GATEWAY)
+        return await _drift_page(request, user, site, status_, decision, errors=[box],
+                                 status_code=status.HTTP_502_BAD_GATEWAY)
     except asset_events.AssetEventError as exc:
-        return await _drift_page(request, user, site, status_, errors=[_box("Retraining could not be triggered", exc)],
+        return await _drift_page(request, user, site, status_, decision,
+                                 errors=[_box("Retraining could not be triggered", exc)],
                                  status_code=status.HTTP_409_CONFLICT)
-    params = {"site": site, "status": status_, "done": action, "alert": alert_id}
+    params = {"site": site, "status": status_, "decision": decision, "done": action, "alert": alert_id}
     if event := outcome["asset_event"]:
         params.update(event=event["event_id"], queued=",".join(event["queued_dag_ids"]),
                       paused=",".join(event["paused_dag_ids"]))
@@ -323,6 +378,115 @@ async def costs_recommend_page(request: Request, user: UserDep):
     return await _costs_page(request, user, report_values, form)
 
 
+# --- federation ------------------------------------------------------------------------------------------
+
+
+def _month(today: Any = None) -> tuple[Any, Any]:
+    """This calendar month so far (UTC): its first day and tomorrow (the cost layer's end is exclusive)."""
+    today = today or datetime.now(UTC).date()
+    return today.replace(day=1), today + timedelta(days=1)
+
+
+def _dag_run_link(request: Request, dag_id: str, run_id: str | None) -> str | None:
+    if not run_id:
+        return None
+    return f"{_airflow(request)}/dags/{quote(dag_id, safe='')}/runs/{quote(run_id, safe='')}"
+
+
+def _mlflow_run_link(run: Mapping[str, Any]) -> str | None:
+    if not run.get("run_id"):
+        return None
+    return f"{links.mlflow_ui_url()}/#/experiments/{quote(str(run.get('experiment_id') or '0'))}/runs/{run['run_id']}"
+
+
+def _version_link(name: str, version: Any) -> str:
+    return f"{links.model_link(name)}/versions/{quote(str(version))}"
+
+
+def _run_view(request: Request, run: Mapping[str, Any], sites: list[str], position: int) -> dict[str, Any]:
+    """A training run with its links, its per-round chart (global and per site) and the same numbers as a table."""
+    rounds = run.get("rounds") or {}
+    per_site = rounds.get("sites") or {}
+    order = sites + sorted(set(per_site) - set(sites))
+    series = [
+        charts.Series(site, [(p["round"], p["value"]) for p in per_site[site]], f"series-{order.index(site) % 8}")
+        for site in order if per_site.get(site)
+    ]
+    if rounds.get("global"):
+        series.append(charts.Series("global", [(p["round"], p["value"]) for p in rounds["global"]], "series-global",
+                                    emphasis=True))
+    steps = sorted({x for s in series for x, _ in s.points})
+    table = {s.name: dict(s.points) for s in series}
+    label = f"F1 of the failure class per round, training run {run.get('run_name') or run.get('run_id')}"
+    return {
+        **run,
+        "dag_run_link": _dag_run_link(request, str(run.get("dag_id") or access.TRAINING_DAG_ID), run.get("dag_run_id")),
+        "mlflow_link": _mlflow_run_link(run),
+        "chart": charts.line_chart(series, chart_id=f"rounds-{position}", label=label) if series else None,
+        "legend": [(s.name, s.css) for s in reversed(series)],
+        "steps": steps,
+        "table": table,
+        "started": _when(run.get("start_time")),
+    }
+
+
+def _when(millis: Any) -> str:
+    if not isinstance(millis, int | float):
+        return ""
+    return datetime.fromtimestamp(millis / 1000, UTC).strftime("%Y-%m-%d %H:%M UTC")
+
+
+def _model_view(request: Request, model: Mapping[str, Any]) -> dict[str, Any]:
+    versions = []
+    for v in model.get("versions") or []:
+        versions.append({
+            **v,
+            "link": _version_link(model["name"], v.get("version")),
+            "dag_run_link": _dag_run_link(request, access.TRAINING_DAG_ID, v.get("dag_run_id")),
+        })
+    return {**model, "link": links.model_link(model["name"]), "versions": versions,
+            "champion": (model.get("aliases") or {}).get(CHAMPION)}
+
+
+async def _federation_page(request: Request, user: Any) -> HTMLResponse:
+    context = _context(request, user, "federation", "Federation")
+    start, end = _month()
+    results = await asyncio.gather(
+        workload.federation(FEDERATION_RUNS),
+        workload.costs_report(forms.DEFAULT_PROJECT, start, end, chart=False),
+        return_exceptions=True,
+    )
+    federation, cost = results
+    for what, result in (("the federation", federation), ("this month's cost", cost)):
+        if isinstance(result, WorkloadError):
+            context["errors"].append(_box(f"Could not load {what}", result))
+        elif isinstance(result, BaseException):
+            raise result
+    federation = None if isinstance(federation, BaseException) else federation
+    cost = None if isinstance(cost, BaseException) else cost
+    context.update(federation=None, cost=cost, airflow=_airflow(request),
+                   month={"from": start.isoformat(), "until": (end - timedelta(days=1)).isoformat()})
+    if federation:
+        sites = [s["site"] for s in federation["sites"]]
+        models = federation.get("models") or {}
+        context["federation"] = {
+            **federation,
+            "runs": [_run_view(request, r, sites, i) for i, r in enumerate(federation.get("runs") or [])],
+            "global_model": _model_view(request, models["global"]) if models.get("global") else None,
+            "site_models": [_model_view(request, m) for m in (models.get("sites") or {}).values()],
+            "site_colours": {site: f"series-{i % 8}" for i, site in enumerate(sites)},
+        }
+        for what, error in (federation.get("errors") or {}).items():
+            context["errors"].append(_box(f"Part of the federation could not be read ({what})", error))
+    return templates.TemplateResponse(request, "federation.html", context)
+
+
+@app.get("/federation", response_class=HTMLResponse)
+async def federation_page(request: Request, user: UserDep):
+    access.require(user, access.VIEW_FEDERATION)
+    return await _federation_page(request, user)
+
+
 # --- JSON ------------------------------------------------------------------------------------------------
 
 
@@ -343,11 +507,28 @@ async def me(user: UserDep) -> dict[str, Any]:
     return {"user": user.get_name(), "permissions": access.permissions(user)}
 
 
+@api.get("/federation")
+async def api_federation(user: UserDep) -> Any:
+    access.require(user, access.VIEW_FEDERATION)
+    start, end = _month()
+    federation, cost = await asyncio.gather(
+        workload.federation(FEDERATION_RUNS), workload.costs_report(forms.DEFAULT_PROJECT, start, end, chart=False),
+        return_exceptions=True,
+    )
+    for result in (federation, cost):  # the federation's failure first: it is what this answer is about
+        if isinstance(result, WorkloadError):
+            return _workload_failure(result)
+        if isinstance(result, BaseException):
+            raise result
+    return {**federation, "cost_this_month": cost}
+
+
 @api.get("/drift/alerts")
-async def api_alerts(user: UserDep, site: str = "", status_: str = Query("", alias="status")) -> Any:
+async def api_alerts(user: UserDep, site: str = "", status_: str = Query("", alias="status"), decision: str = ANY
+                     ) -> Any:
     access.require(user, access.VIEW_DRIFT)
     try:
-        return _filter(await workload.drift_alerts(), site, status_)
+        return _filter(await workload.drift_alerts(), site, status_, _decision(decision))
     except WorkloadError as exc:
         return _workload_failure(exc)
 

@@ -72,16 +72,27 @@ async def review_alert(alert_id: int, action: str, user: str) -> dict:
     return _expect(command, await run(command), dict, "the updated alert as a JSON object")
 
 
-async def costs_report(project: str, start: date, end: date) -> dict:
-    """``mledge costs report ... --json --chart-svg``: totals by provider, service, day and project, and a chart.
+async def costs_report(project: str, start: date, end: date, *, chart: bool = True) -> dict:
+    """``mledge costs report ... --json [--chart-svg]``: totals by provider, service, day and project, and a chart.
 
     ``end`` is exclusive, as everywhere in the cost layer.
     """
     command = [
-        "costs", "report", "--project", project, "--from", start.isoformat(), "--to", end.isoformat(),
-        "--json", "--chart-svg",
+        "costs", "report", "--project", project, "--from", start.isoformat(), "--to", end.isoformat(), "--json",
     ]
+    if chart:
+        command.append("--chart-svg")
     return _expect(command, await run(command), dict, "a JSON report object")
+
+
+async def federation(runs: int = 5) -> dict:
+    """``mledge console federation --json``: sites, readiness to train, last runs with per-round F1, models."""
+    command = ["console", "federation", "--runs", str(runs), "--json"]
+    document = _expect(command, await run(command), dict, "a JSON federation object")
+    for key in ("sites", "runs", "models", "summary"):
+        if key not in document:
+            raise WorkloadError(_command(command), f"the answer has no {key!r}")
+    return document
 
 
 async def costs_recommend(template: dict[str, Any]) -> dict:

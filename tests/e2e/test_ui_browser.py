@@ -1,11 +1,14 @@
-"""The drift review and Costs pages in a real browser: headless Debian Chromium driven by Selenium 4.
+"""The Federation, Drift review and Costs pages in a real browser: headless Debian Chromium driven by Selenium 4.
 
 A real stack (`mledge stack up` on free ports with its own MLEDGE_HOME, stopped by PID at the end) runs the
 Airflow api-server with the MLEDGE plugin. Drift alerts come from the drift evaluation itself, run through the
-`mledge drift` commands at plant_b after its scheduled onset; costs come from the shipped FOCUS sample exports.
-Then, as a person would: log in as admin, open the drift review from the nav, approve an alert and see its
-status change (on the page, in `mledge drift alerts --json`, and as an Airflow Asset event); the Costs page
-shows its chart and a recommendation; the viewer sees the alerts but is refused when approving.
+`mledge drift` commands at plant_b after its scheduled onset; costs come from the shipped FOCUS sample exports; a
+training run with its per-round metrics is written to the stack's MLflow as the platform identity, as the
+ServerApp writes it. Then, as a person would: log in as admin, open the drift review from the nav, approve an
+alert and see its status change (on the page, in `mledge drift alerts --json`, and as an Airflow Asset event); the
+Costs page shows its chart and a recommendation; the viewer sees the alerts but is refused when approving; and the
+three pages, in Airflow's light and dark mode, show their content in Airflow's own colours, with a screenshot of
+each saved under ``MLEDGE_SCREENSHOTS`` (else the test's tmp folder; the path is printed).
 
 Needs /usr/bin/chromium and /usr/bin/chromedriver (`.ci/install-browser`) and `selenium` in the workload env.
 """
@@ -22,9 +25,10 @@ from pathlib import Path
 from urllib.parse import quote
 
 import pytest
+from conftest import stack_env, stack_ports
 
 from mledge.ops.airflow_api import AirflowClient, password_for
-from mledge.ops.stack import group_alive
+from mledge.ops.processes import group_alive
 
 pytestmark = pytest.mark.e2e
 
@@ -34,7 +38,7 @@ CHROMEDRIVER = Path("/usr/bin/chromedriver")
 DRIFT_SITE = "plant_b"  # the default drift schedule shifts plant_b's process temperature from batch 5
 COST_SOURCES = ("aws-focus-sample", "azure-focus-sample", "gcp-focus-sample")
 COST_DAYS = ("2026-11-14", "2026-11-20")  # inside the shipped sample exports (2026-10-22 .. 2026-11-20)
-WAIT_S = 90  # a page waits on one `mledge` command; two shared cores can make that slow
+WAIT_S = 240  # a page waits on `mledge` (Federation: status with two `flwr` calls); two shared cores are slow
 
 
 class Stack:
@@ -52,7 +56,7 @@ class Stack:
         return json.loads(done.stdout)
 
     def password(self, user: str) -> str:
-        return password_for(self.home / "secrets" / "airflow_passwords.json", user)
+        return password_for(self.home / "platform" / "secrets" / "airflow_passwords.json", user)
 
     def airflow(self, user: str = "admin") -> AirflowClient:
         return AirflowClient(self.url, user, self.password(user))
@@ -65,20 +69,16 @@ class Stack:
 
 
 @pytest.fixture(scope="module")
-def stack(tmp_path_factory, free_ports) -> Iterator[Stack]:
-    home = tmp_path_factory.mktemp("mledge-ui-home")
-    airflow_port, mlflow_port, superlink_port, *supernode_ports = free_ports(6, start=23000)
-    env = {k: v for k, v in os.environ.items()
-           if k not in ("MLFLOW_TRACKING_URI", "FLWR_HOME", "PYTHONPATH", "MLEDGE_AIRFLOW_DB_URL",
-                        "MLEDGE_PLATFORM_DB_URL", "MLEDGE_COST_DB_URL", "MLEDGE_DRIFT_SCHEDULE")}
-    env.update(
-        MLEDGE_HOME=str(home),
-        MLEDGE_AIRFLOW_PORT=str(airflow_port),
-        MLEDGE_MLFLOW_PORT=str(mlflow_port),
-        MLEDGE_SUPERLINK_PORT=str(superlink_port),
-        MLEDGE_SUPERNODE_PORT=str(supernode_ports[0]),
+def stack(deployment_home, free_ports) -> Iterator[Stack]:
+    home = deployment_home
+    ports = stack_ports(free_ports, start=23000)
+    env = stack_env(
+        home, ports,
+        # Only the test's own commands run: the scheduled collection and evaluation wait for New Year.
+        MLEDGE_COLLECTION_SCHEDULE="0 0 1 1 *", MLEDGE_DRIFT_SCHEDULE_CRON="0 0 1 1 *",
+        MLEDGE_TLS="off",  # loopback only: the browser reaches Airflow over plain HTTP, trusting no local CA
     )
-    platform = Stack(home, env, airflow_port)
+    platform = Stack(home, env, ports["airflow"])
     pids: dict[str, int] = {}
     try:
         up = platform.mledge("stack", "up", "--batches", "4", timeout=600)
@@ -93,14 +93,23 @@ def stack(tmp_path_factory, free_ports) -> Iterator[Stack]:
 
 
 @pytest.fixture(scope="module")
-def drift_alerts(stack) -> list[dict]:
-    """The drift evaluation at plant_b over two batches after its onset, step by step as the DAG runs it."""
+def drift_evaluated(stack) -> list[dict]:
+    """The drift evaluation at plant_b over two batches after its onset, step by step as the DAG runs it: every
+    evaluation it recorded."""
     for _ in range(2):
         stack.json("drift", "collect", "--site", DRIFT_SITE)
     stack.json("db", "migrate")
     for step in (["check-unprocessed"], ["simulate", "--simulations", "200"], ["p-value"], ["decide"]):
         stack.json("drift", *step, "--site", DRIFT_SITE)
-    alerts = [a for a in stack.json("drift", "alerts", "--json") if a["decision"] == "drift"]
+    evaluations = stack.json("drift", "alerts", "--json")
+    assert [a for a in evaluations if a["site"] == DRIFT_SITE], evaluations
+    return evaluations
+
+
+@pytest.fixture(scope="module")
+def drift_alerts(stack, drift_evaluated) -> list[dict]:
+    """The confirmed drift of that evaluation (new alerts to review)."""
+    alerts = [a for a in drift_evaluated if a["decision"] == "drift"]
     assert len([a for a in alerts if a["site"] == DRIFT_SITE and a["status"] == "new"]) >= 2, alerts
     # The Asset an approval emits exists once the dag-processor has parsed federated_training.
     stack.airflow().wait_for_dag("federated_training", timeout=180)
@@ -254,3 +263,168 @@ def test_viewer_sees_the_alerts_but_cannot_approve(stack, drift_alerts, driver):
     assert alert_row(driver, target).get_attribute("data-status") == "new"
     after = {a["id"]: a for a in stack.json("drift", "alerts", "--json")}
     assert after[target]["status"] == "new" and after[target]["updated_by"] == before[target]["updated_by"]
+
+
+# --- the three pages in light and dark mode ------------------------------------------------------------------
+
+ROUNDS = {"eval_f1": [0.31, 0.52, 0.64], "plant_a/eval_f1": [0.35, 0.55, 0.70], "plant_b/eval_f1": [0.20, 0.41, 0.58],
+          "plant_c/eval_f1": [0.33, 0.57, 0.62]}
+TRAINING_RUN = """
+import json, os, sys
+import mlflow
+from mledge.contracts import EXPERIMENT, TAG_DAG_RUN, TAG_FLOWER_RUN, TAG_STRATEGY
+from mledge.ops.settings import Settings
+from mledge.security import mlflow_auth
+
+settings = Settings()
+os.environ.update(mlflow_auth.client_env(settings, "platform"))
+client = mlflow.MlflowClient(tracking_uri=settings.mlflow_uri)
+found = client.get_experiment_by_name(EXPERIMENT)
+experiment = found.experiment_id if found else client.create_experiment(EXPERIMENT)
+tags = {TAG_FLOWER_RUN: "777", TAG_DAG_RUN: "manual__2026-11-20T09:00:00+00:00", TAG_STRATEGY: "fedavg"}
+run_id = client.create_run(experiment, run_name="flower-run-777", tags=tags).info.run_id
+for key, values in json.loads(sys.argv[1]).items():
+    for step, value in enumerate(values, start=1):
+        client.log_metric(run_id, key, value, step=step)
+client.set_terminated(run_id)
+print(run_id)
+"""
+# JS, run inside the page's frame: its theme, its background and Airflow's (as RGB, whatever notation each uses).
+THEME = """
+function rgb(colour) {
+  var pen = document.createElement("canvas").getContext("2d");
+  pen.fillStyle = colour; pen.fillRect(0, 0, 1, 1);
+  return Array.prototype.slice.call(pen.getImageData(0, 0, 1, 1).data, 0, 3);
+}
+var airflow = window.parent.getComputedStyle(window.parent.document.documentElement);
+return {
+  theme: document.documentElement.getAttribute("data-theme"),
+  tokens: Number(document.documentElement.getAttribute("data-airflow-tokens")),
+  airflowDark: window.parent.document.documentElement.classList.contains("dark"),
+  background: rgb(getComputedStyle(document.body).backgroundColor),
+  airflowBackground: rgb(airflow.getPropertyValue("--chakra-colors-bg").trim()),
+  font: getComputedStyle(document.body).fontFamily,
+  airflowFont: airflow.getPropertyValue("--chakra-fonts-body").trim(),
+  text: rgb(getComputedStyle(document.body).color),
+};
+"""
+
+
+@pytest.fixture(scope="module")
+def training_run(stack) -> str:
+    done = subprocess.run([str(BIN / "python"), "-c", TRAINING_RUN, json.dumps(ROUNDS)], env=stack.env,
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    return done.stdout.strip().splitlines()[-1]
+
+
+@pytest.fixture(scope="module")
+def screenshots(tmp_path_factory) -> Path:
+    folder = Path(os.environ.get("MLEDGE_SCREENSHOTS") or tmp_path_factory.mktemp("screenshots"))
+    folder.mkdir(parents=True, exist_ok=True)
+    print(f"screenshots: {folder}")
+    return folder
+
+
+def luminance(rgb: list[int]) -> float:
+    return (0.2126 * rgb[0] + 0.7152 * rgb[1] + 0.0722 * rgb[2]) / 255
+
+
+def set_theme(driver, stack: Stack, mode: str) -> None:
+    """Airflow's own switch keeps the choice in localStorage "theme" (next-themes); a reload applies it."""
+    driver.switch_to.default_content()
+    driver.execute_script("window.localStorage.setItem('theme', arguments[0])", mode)
+    driver.get(f"{stack.url}/")
+    wait(driver).until(lambda d: d.execute_script(
+        "return document.documentElement.classList.contains(arguments[0])", mode))
+
+
+def snapshot(driver, path: Path) -> None:
+    """A screenshot of the whole window (Airflow around the page), taken before the page's content is checked."""
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support import expected_conditions as ec
+
+    driver.switch_to.default_content()
+    driver.save_screenshot(str(path))
+    wait(driver).until(ec.frame_to_be_available_and_switch_to_it((By.CSS_SELECTOR, "iframe")))
+
+
+def check_theme(driver, mode: str) -> dict:
+    found = driver.execute_script(THEME)
+    assert found["theme"] == mode and found["airflowDark"] == (mode == "dark"), found
+    assert found["tokens"] > 5, found  # Airflow's variables were read and copied
+    assert found["background"] == found["airflowBackground"], found  # Airflow's own background colour
+    assert (luminance(found["background"]) < 0.3) if mode == "dark" else (luminance(found["background"]) > 0.85)
+    assert abs(luminance(found["text"]) - luminance(found["background"])) > 0.5, found  # readable
+    assert found["airflowFont"] and found["font"].split(",")[0] == found["airflowFont"].split(",")[0], found
+    return found
+
+
+@pytest.mark.parametrize("mode", ["light", "dark"])
+def test_pages_in_light_and_dark_mode(stack, drift_evaluated, costs, training_run, driver, screenshots, mode):
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support import expected_conditions as ec
+
+    login(driver, stack, "admin")
+    set_theme(driver, stack, mode)
+
+    open_from_nav(driver, "mledge-federation")
+    wait(driver).until(ec.presence_of_element_located((By.ID, "sites")))
+    snapshot(driver, screenshots / f"federation-{mode}.png")
+    check_theme(driver, mode)
+    status = stack.json("console", "federation", "--json")
+    rows = {r.get_attribute("data-site"): r for r in driver.find_elements(By.CSS_SELECTOR, "#sites tbody tr")}
+    assert list(rows) == [s["site"] for s in status["sites"]] == ["plant_a", "plant_b", "plant_c"]
+    for site in status["sites"]:
+        row = rows[site["site"]]
+        assert row.get_attribute("data-supernode") == "connected", row.text
+        if site["last_evaluated_batch"]:  # the store itself is the site's: the platform knows what it evaluated
+            assert site["last_evaluated_batch"] in row.text
+        assert ("not registered" in row.text) is not site["registered"]
+        assert row.get_attribute("data-requires-training") == ("yes" if site["requires_training"] else "no")
+        assert [a.text for a in row.find_elements(By.CSS_SELECTOR, ".open-alerts a")] == [
+            f"#{a['id']}" for a in site["open_drift_alerts"]]
+    assert "3 / 3" in driver.find_element(By.ID, "card-connected").text
+    assert "can train" in driver.find_element(By.ID, "card-connected").text
+    run = driver.find_element(By.ID, f"run-{training_run}")
+    assert run.find_element(By.CSS_SELECTOR, "a.dag-run-link").get_attribute("target") == "_top"
+    assert training_run in run.find_element(By.CSS_SELECTOR, "a.mlflow-run-link").get_attribute("href")
+    chart = run.find_element(By.CSS_SELECTOR, "svg.chart-svg")
+    assert chart.size["width"] > 200 and chart.size["height"] > 80  # drawn
+    series = [g.get_attribute("data-series") for g in run.find_elements(By.CSS_SELECTOR, "g.series")]
+    assert series == ["plant_a", "plant_b", "plant_c", "global"]
+    line = run.find_element(By.CSS_SELECTOR, "g.series-global polyline")
+    stroke = driver.execute_script("return getComputedStyle(arguments[0]).stroke", line)
+    text = driver.execute_script("return getComputedStyle(document.body).color")
+    assert stroke == text  # the global line is drawn in the theme's text colour
+
+    open_from_nav(driver, "mledge-drift")
+    wait(driver).until(ec.presence_of_element_located((By.ID, "timelines")))
+    snapshot(driver, screenshots / f"drift-{mode}.png")
+    check_theme(driver, mode)
+    assert driver.find_element(By.ID, "decision-filter").get_attribute("value") == "drift"
+    decisions = {r.find_elements(By.TAG_NAME, "td")[6].text for r in driver.find_elements(By.CSS_SELECTOR,
+                                                                                            "tr[data-alert-id]")}
+    confirmed = {a["id"] for a in stack.json("drift", "alerts", "--json") if a["decision"] == "drift"}
+    assert decisions <= {"drift"}  # it opens on confirmed drift, not every clean evaluation
+    assert {int(r.get_attribute("data-alert-id")) for r in driver.find_elements(By.CSS_SELECTOR,
+                                                                              "tr[data-alert-id]")} == confirmed
+    timeline = driver.find_element(By.CSS_SELECTOR, f"figure.timeline[data-site='{DRIFT_SITE}'] svg")
+    assert timeline.size["width"] > 200
+    marks = {int(m.get_attribute("data-alert-id")): m.get_attribute("data-decision")
+             for m in timeline.find_elements(By.CSS_SELECTOR, ".mark")}
+    assert marks == {a["id"]: a["decision"] for a in drift_evaluated
+                     if a["site"] == DRIFT_SITE and a["p_value"] is not None}
+
+    open_from_nav(driver, "mledge-costs")
+    wait(driver).until(ec.presence_of_element_located((By.ID, "recommend-form")))
+    driver.execute_script(
+        "location.search = arguments[0]", f"?project=axis_failures&from={COST_DAYS[0]}&until={COST_DAYS[1]}"
+    )
+    wait(driver).until(ec.presence_of_element_located((By.ID, "by-provider")))
+    snapshot(driver, screenshots / f"costs-{mode}.png")
+    check_theme(driver, mode)
+    providers = driver.find_element(By.ID, "by-provider").text
+    assert all(provider in providers for provider in costs["by_provider"]), providers
+    for page in ("federation", "drift", "costs"):
+        assert (screenshots / f"{page}-{mode}.png").stat().st_size > 10_000

@@ -8,7 +8,11 @@ REST API there with the user's own token, as the api-server calls itself in the 
 comes from the workload's ``mledge`` command (MLEDGE_BIN) on a temporary MLEDGE_HOME whose platform database is
 made by ``mledge db migrate``. ``mledge drift`` has no command that adds an alert by hand, so alerts are seeded
 through the drift library's own ``AlertStore`` in the workload environment; costs are ingested from the shipped
-sample exports with ``mledge costs``.
+sample exports with ``mledge costs``. The Federation page reads a registry and training runs that MLflow's own
+client writes into a SQLite tracking store (as the ServerApp and the promotion would: run tags, per-round metrics,
+model versions with tags and aliases), site stores made by ``mledge data init``, a SuperNode registry file in the
+format ``mledge.security.node_keys`` keeps, and this month's training cost recorded by ``mledge costs
+record-training``.
 """
 
 from __future__ import annotations
@@ -21,7 +25,9 @@ import subprocess
 import sys
 import threading
 import time
+from datetime import UTC, datetime, timedelta
 from decimal import Decimal
+from html import unescape
 from pathlib import Path
 from urllib.parse import parse_qs, urlsplit
 
@@ -56,6 +62,48 @@ from drift.alerts import AlertStore
 store = AlertStore(os.environ["MLEDGE_PLATFORM_DB_URL"])
 print(json.dumps([store.add(**spec)["id"] for spec in json.loads(sys.argv[1])]))
 """
+# Two training runs (newest last here, newest first on the page) with the round metrics the ServerApp logs, and
+# the models the promotion registers from them.
+RUNS = [
+    {"flower": "4211", "dag_run": "manual__2026-11-20T09:00:00+00:00", "strategy": "fedavg",
+     "metrics": {"eval_f1": [0.31, 0.52, 0.64], "plant_a/eval_f1": [0.35, 0.55, 0.70],
+                 "plant_b/eval_f1": [0.20, 0.41, 0.58], "plant_c/eval_f1": [0.33, 0.57, 0.62],
+                 "holdout/plant_a/candidate_f1": [0.7]}},
+    {"flower": "4212", "dag_run": "asset_triggered__2026-11-21T10:00:00+00:00", "strategy": "fedqv",
+     "metrics": {"eval_f1": [0.40, 0.66], "plant_a/eval_f1": [0.45, 0.71], "plant_b/eval_f1": [0.30, 0.61]}},
+]
+MODELS = {
+    "global-axis_failures-federated": [
+        {"run": 0, "reason": "first version: no champion to compare with", "alias": "champion"},
+        {"run": 1, "reason": "plant_b: F1 0.61 < champion 0.64", "alias": "challenger"},
+    ],
+    "plant_a-axis_failures-federated": [{"run": 1, "reason": "beats the site champion by 0.03", "alias": "champion"}],
+}
+SEED_MLFLOW = """
+import json, sys
+import mlflow
+from mledge.contracts import EXPERIMENT, TAG_DAG_RUN, TAG_FLOWER_RUN, TAG_REASON, TAG_STRATEGY
+spec = json.loads(sys.argv[1])
+client = mlflow.MlflowClient()
+experiment = client.create_experiment(EXPERIMENT)
+runs = []
+for run in spec["runs"]:
+    tags = {TAG_FLOWER_RUN: run["flower"], TAG_DAG_RUN: run["dag_run"], TAG_STRATEGY: run["strategy"]}
+    run_id = client.create_run(experiment, run_name="flower-run-" + run["flower"], tags=tags).info.run_id
+    for key, values in run["metrics"].items():
+        for step, value in enumerate(values, start=1):
+            client.log_metric(run_id, key, value, step=step)
+    client.set_terminated(run_id)
+    runs.append(run_id)
+for name, versions in spec["models"].items():
+    client.create_registered_model(name)
+    for v in versions:
+        run = spec["runs"][v["run"]]
+        tags = {TAG_FLOWER_RUN: run["flower"], TAG_DAG_RUN: run["dag_run"], TAG_REASON: v["reason"]}
+        version = client.create_model_version(name, "runs:/%s/model" % runs[v["run"]], run_id=runs[v["run"]], tags=tags)
+        client.set_registered_model_alias(name, v["alias"], version.version)
+print(json.dumps({"experiment_id": experiment, "runs": runs}))
+"""
 
 
 def workload(*args: str) -> dict | list:
@@ -81,7 +129,8 @@ def mledge_home(tmp_path_factory):
         env.setenv("MLEDGE_PLATFORM_DB_URL", f"sqlite:///{home / 'platform.db'}")
         env.setenv("MLEDGE_BIN", MLEDGE)
         env.setenv("MLEDGE_MLFLOW_UI_URL", MLFLOW_UI)
-        env.delenv("MLFLOW_TRACKING_URI", raising=False)
+        env.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{home / 'mlflow.db'}")
+        env.setenv("MLEDGE_TLS", "off")  # no CA in this home: the status probes speak plain HTTP on loopback
         migrated = workload("db", "migrate")
         assert "drift_alerts" in migrated["tables"]
         seeded = subprocess.run([WORKLOAD_PYTHON, "-c", SEED, json.dumps(ALERTS)], capture_output=True, text=True,
@@ -89,6 +138,27 @@ def mledge_home(tmp_path_factory):
         assert seeded.returncode == 0, seeded.stderr[-2000:]
         assert json.loads(seeded.stdout) == [1, 2, 3, 4, 5]
         yield home
+
+
+@pytest.fixture(scope="module")
+def federation(mledge_home):
+    """Sites with two batches each, plant_a and plant_b with a registered SuperNode key, two training runs in
+    MLflow with their models, and this month's training cost."""
+    workload("data", "init", "--batches", "2")
+    registry = mledge_home / "platform" / "flower" / "supernodes.json"
+    registry.parent.mkdir(parents=True, exist_ok=True)
+    registry.write_text(json.dumps({"nodes": [
+        {"site": "plant_a", "fingerprint": "SHA256:test-a", "node_id": "9001"},
+        {"site": "plant_b", "fingerprint": "SHA256:test-b", "node_id": "9002"},
+    ]}))
+    seeded = subprocess.run([WORKLOAD_PYTHON, "-c", SEED_MLFLOW, json.dumps({"runs": RUNS, "models": MODELS})],
+                            capture_output=True, text=True, cwd=REPO, timeout=300)
+    assert seeded.returncode == 0, seeded.stderr[-2000:]
+    workload("costs", "catalog", "seed")
+    cost = workload("costs", "record-training", "--flower-run-id", "4212", "--seconds-json",
+                    json.dumps({"plant_a": 3600, "plant_b": 1800}))
+    assert Decimal(cost["total"]) > 0
+    return json.loads(seeded.stdout)
 
 
 def _serve(app, port: int):
@@ -204,6 +274,9 @@ def test_plugin_is_registered_with_its_nav_entries(api):
     (plugin,) = [p for p in plugins_manager.get_plugin_info() if p["name"] == "mledge"]
     assert [a["url_prefix"] for a in plugin["fastapi_apps"]] == ["/mledge"]
     views = {v["name"]: v for v in plugin["external_views"]}
+    assert list(views) == ["Federation", "Drift", "Costs"]
+    assert views["Federation"]["url_route"] == "mledge-federation"
+    assert views["Federation"]["href"] == "mledge/federation"
     assert views["Drift"]["url_route"] == "mledge-drift"
     assert views["Drift"]["href"] == "mledge/drift"
     assert views["Costs"]["href"] == "mledge/costs"
@@ -231,7 +304,8 @@ def test_anonymous_requests_get_401_or_the_login_page(api):
     assert api.get("/mledge/api/drift/alerts").status_code == 401
     assert api.post("/mledge/api/drift/alerts/1/review", json={"action": "approve"}).status_code == 401
     assert api.get("/mledge/api/costs/report").status_code == 401
-    for path in ("/mledge/drift", "/mledge/costs"):
+    assert api.get("/mledge/api/federation").status_code == 401
+    for path in ("/mledge/federation", "/mledge/drift", "/mledge/costs"):
         page = api.get(path, follow_redirects=False)
         assert page.status_code == 303
         login = urlsplit(page.headers["location"])
@@ -270,7 +344,7 @@ def test_status_filter_and_json_endpoint_agree_with_the_cli(api):
 def test_viewer_sees_alerts_but_may_not_act(api):
     viewer = browser(api, "viewer")
     assert viewer.get("/mledge/api/me").json()["permissions"] == {
-        "view_drift": True, "view_costs": True, "review": False, "approve": False,
+        "view_federation": True, "view_drift": True, "view_costs": True, "review": False, "approve": False,
     }
     page = viewer.get("/mledge/drift", params={"site": "plant_c"})
     assert page.status_code == 200
@@ -295,6 +369,7 @@ def test_admin_approval_is_recorded_and_queues_training(api):
     target = urlsplit(done.headers["location"])
     params = {k: v[0] for k, v in parse_qs(target.query).items()}
     assert params["done"] == "approve" and params["alert"] == "1" and params["queued"] == "federated_training"
+    assert params["decision"] == "drift"  # the page comes back with the filter it was sent from
 
     (event,) = [e for e in asset_events() if e["extra"].get("alert_id") == 1]
     assert event["uri"] == "mledge://axis_failures/drift"
@@ -316,7 +391,7 @@ def test_admin_approval_is_recorded_and_queues_training(api):
 def test_user_role_acts_through_the_json_api_with_a_bearer_token(api):
     headers = bearer(api, "analyst")  # no Origin: an explicit token cannot be forged by another page
     assert api.get("/mledge/api/me", headers=headers).json()["permissions"] == {
-        "view_drift": True, "view_costs": True, "review": True, "approve": False,
+        "view_federation": True, "view_drift": True, "view_costs": True, "review": True, "approve": False,
     }
     acknowledged = api.post("/mledge/api/drift/alerts/2/review", json={"action": "acknowledge"}, headers=headers)
     assert acknowledged.status_code == 200, acknowledged.text
@@ -358,6 +433,11 @@ def test_cli_refusals_and_failures_are_reported_not_raised(api, monkeypatch):
     assert page.status_code == 200
     assert "Could not load the drift alerts" in page.text and "/nonexistent/mledge" in page.text
     assert api.get("/mledge/api/drift/alerts", headers=headers).status_code == 502
+    federation = browser(api, "viewer").get("/mledge/federation")
+    assert federation.status_code == 200
+    assert "Could not load the federation" in federation.text and "Could not load this month" in federation.text
+    failed = api.get("/mledge/api/federation", headers=headers)
+    assert failed.status_code == 502 and failed.json()["command"].startswith("mledge console federation")
 
 
 def test_form_post_from_another_origin_is_refused(api):
@@ -458,3 +538,121 @@ def test_costs_forms_name_the_bad_field(api):
     assert re.search(r'name="vcpus"[^>]*value="eight"[^>]*aria-invalid="true"', bad.text)
     dates = viewer.get("/mledge/api/costs/report", params={"from": "2026-11-20", "to": "2026-11-10"})
     assert dates.status_code == 400 and "from" in dates.json()["fields"]
+
+
+# --- the drift page's decision filter and timeline -----------------------------------------------------------
+
+
+def timelines(html: str) -> dict[str, str]:
+    """site -> the SVG of its timeline on the drift page."""
+    return dict(re.findall(r'<figure class="timeline" data-site="(\w+)">(.*?)</figure>', html, flags=re.S))
+
+
+def test_drift_page_opens_on_confirmed_drift_with_a_timeline_per_site(api):
+    client = browser(api, "viewer")
+    alerts = workload("drift", "alerts", "--json")
+    page = client.get("/mledge/drift")
+    assert page.status_code == 200
+    assert set(rows(page.text)) == {a["id"] for a in alerts if a["decision"] == "drift"} == {1, 2, 4, 5}
+    assert re.search(r'<option value="drift" selected>drift \(confirmed\) \(4\)</option>', page.text)
+
+    charts = timelines(page.text)
+    assert list(charts) == ["plant_a", "plant_b", "plant_c"]  # every evaluation, clean ones included
+    marks = {site: re.findall(r'<(circle|rect) class="mark decision-(\w+) kind-(\w+)"[^>]*data-alert-id="(\d+)"', svg)
+             for site, svg in charts.items()}
+    assert marks["plant_a"] == [("circle", "no_drift", "data", "3")]
+    assert sorted(marks["plant_b"], key=lambda m: m[3]) == [("circle", "drift", "data", "1"),
+                                                            ("rect", "drift", "concept", "2")]
+    assert "plant_b batch-000005 data drift test: p = 3.5e-71, drift" in charts["plant_b"]
+
+    one_site = client.get("/mledge/drift", params={"site": "plant_c"})
+    assert list(timelines(one_site.text)) == ["plant_c"]
+    everything = client.get("/mledge/drift", params={"decision": "any"})
+    assert set(rows(everything.text)) == {a["id"] for a in alerts}
+    clean = client.get("/mledge/api/drift/alerts", params={"decision": "no_drift"}).json()
+    assert [a["id"] for a in clean] == [3]
+    assert len(client.get("/mledge/api/drift/alerts").json()) == len(alerts)  # the API filters only when asked
+
+
+# --- the federation page ---------------------------------------------------------------------------------------
+
+
+SITE_ROW = (r'<tr id="site-(\w+)" data-site="\w+" data-supernode="([^"]*)" data-requires-training="(yes|no)">'
+            r"(.*?)</tr>")
+
+
+def this_months_cost() -> dict:
+    today = datetime.now(UTC).date()
+    return workload("costs", "report", "--from", today.replace(day=1).isoformat(),
+                    "--to", (today + timedelta(days=1)).isoformat())
+
+
+def test_federation_page_shows_sites_runs_models_and_cost(api, federation):
+    page = browser(api, "viewer").get("/mledge/federation")
+    assert page.status_code == 200, page.text[-2000:]
+    html = unescape(page.text)
+    alerts = workload("drift", "alerts", "--json")
+
+    sites = {site: {"supernode": sn, "training": rt, "html": body}
+             for site, sn, rt, body in re.findall(SITE_ROW, html, flags=re.S)}
+    assert list(sites) == ["plant_a", "plant_b", "plant_c"]
+    for site, row in sites.items():
+        assert row["supernode"] == "not connected"  # no SuperNode runs here
+        assert "batch-000002" in row["html"] and "2 batches" in row["html"]
+        assert ("not registered" in row["html"]) == (site == "plant_c")
+        opened = [a for a in alerts if a["site"] == site and a["decision"] == "drift"
+                  and a["status"] in ("new", "acknowledged", "retraining")]
+        assert re.findall(r'#(\d+)</a>', row["html"]) == [str(a["id"]) for a in opened]
+    # plant_a has a champion and no open drift; plant_b and plant_c have no site model yet.
+    assert {site: row["training"] for site, row in sites.items()} == {"plant_a": "no", "plant_b": "yes",
+                                                                     "plant_c": "yes"}
+    assert "no champion model" in sites["plant_c"]["html"]
+    assert '<b id="min-clients">3</b>' in html and "cannot train now" in html
+
+    # The last runs, newest first, each with its per-round chart and links to Airflow and MLflow.
+    runs = re.findall(r'<article class="run" id="run-(\w+)".*?</article>', html, flags=re.S)
+    assert runs == list(reversed(federation["runs"]))
+    first = re.search(rf'<article class="run" id="run-{federation["runs"][0]}".*?</article>', html, flags=re.S)[0]
+    assert 'href="/dags/federated_training/runs/manual__2026-11-20T09%3A00%3A00%2B00%3A00" target="_top"' in first
+    experiment = federation["experiment_id"]
+    assert f'href="{MLFLOW_UI}/#/experiments/{experiment}/runs/{federation["runs"][0]}"' in first
+    series = dict(re.findall(r'<g class="series [^"]*" data-series="(\w+)">(.*?)</g>', first, flags=re.S))
+    assert list(series) == ["plant_a", "plant_b", "plant_c", "global"]  # global drawn last, on top
+    assert len(re.findall("<circle", series["global"])) == 3
+    assert "global, round 3: 0.640" in series["global"] and "plant_b, round 1: 0.200" in series["plant_b"]
+    second = re.search(rf'<article class="run" id="run-{federation["runs"][1]}".*?</article>', html, flags=re.S)[0]
+    assert "plant_c" not in re.findall(r'data-series="(\w+)"', second)  # plant_c did not report in that run
+
+    models = {(m, v): body for m, v, body in re.findall(
+        r'<tr class="model-version" data-model="([^"]+)" data-version="(\d+)">(.*?)</tr>', html, flags=re.S)}
+    assert set(models) == {("global-axis_failures-federated", "1"), ("global-axis_failures-federated", "2"),
+                           ("plant_a-axis_failures-federated", "1")}
+    assert "champion" in models[("global-axis_failures-federated", "1")]
+    assert "first version: no champion to compare with" in models[("global-axis_failures-federated", "1")]
+    assert "challenger" in models[("global-axis_failures-federated", "2")]
+    assert "plant_b: F1 0.61 < champion 0.64" in models[("global-axis_failures-federated", "2")]
+    assert 'data-model="plant_b-axis_failures-federated"><td>plant_b-axis_failures-federated</td>' in html
+
+    cost = this_months_cost()
+    assert Decimal(cost["total"]) > 0  # the training recorded this month
+    assert f'id="cost-this-month">{Decimal(cost["total"]):,.2f} {cost["currency"]}' in html
+    # What could not be read here (no SuperLink, no Airflow password file) is named, the rest is shown.
+    assert "Part of the federation could not be read (superlink)" in html
+
+
+def test_federation_json_matches_the_cli(api, federation):
+    headers = bearer(api, "analyst")
+    answer = api.get("/mledge/api/federation", headers=headers)
+    assert answer.status_code == 200, answer.text[-2000:]
+    document = answer.json()
+    assert [s["site"] for s in document["sites"]] == ["plant_a", "plant_b", "plant_c"]
+    assert [s["registered"] for s in document["sites"]] == [True, True, False]
+    assert document["min_clients"] == 3 and document["summary"]["can_train"] is False
+    assert [r["run_id"] for r in document["runs"]] == list(reversed(federation["runs"]))
+    newest = document["runs"][0]
+    assert (newest["flower_run_id"], newest["strategy"]) == ("4212", "fedqv")
+    assert newest["rounds"]["global"] == [{"round": 1, "value": 0.40}, {"round": 2, "value": 0.66}]
+    assert set(newest["rounds"]["sites"]) == {"plant_a", "plant_b"}
+    aliases = document["models"]["global"]["aliases"]
+    assert {alias: str(version) for alias, version in aliases.items()} == {"champion": "1", "challenger": "2"}
+    assert document["cost_this_month"]["total"] == this_months_cost()["total"]

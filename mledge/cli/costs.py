@@ -279,7 +279,7 @@ def register(commands: argparse._SubParsersAction) -> None:
                    choices=["EffectiveCost", "BilledCost", "ListCost", "ContractedCost"])
     p.add_argument("--currency", default=None, help="needed only when the project is billed in several")
     p.add_argument("--chart-svg", action="store_true", help="add chart_svg: daily cost per provider as SVG")
-    p.add_argument("--json", action="store_true", help="print JSON (the default for this program's commands)")
+    p.add_argument("--json", action="store_true", help="print JSON (also the default when stdout is not a terminal)")
 
     p = add(costs, "recommend", cmd_recommend, "cheapest matching instance per provider for a template")
     p.add_argument("--vcpus", type=int, required=True)
@@ -288,7 +288,7 @@ def register(commands: argparse._SubParsersAction) -> None:
     p.add_argument("--gpu-class", default=None, help="T4, L4, A10G, ... (never mixed)")
     p.add_argument("--regions", default="", help="comma-separated, e.g. eu-central-1,europe-west4")
     p.add_argument("--hours", type=_decimal, default=None, help="add total_usd for this many hours")
-    p.add_argument("--json", action="store_true", help="print JSON (the default for this program's commands)")
+    p.add_argument("--json", action="store_true", help="print JSON (also the default when stdout is not a terminal)")
 
     catalog = costs.add_parser("catalog", help="the price catalogue").add_subparsers(dest="catalog_command",
                                                                                      required=True)

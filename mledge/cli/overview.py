@@ -24,7 +24,7 @@ def cmd_demo(args: argparse.Namespace, settings: Settings) -> dict:
 
 def register(commands: argparse._SubParsersAction) -> None:
     p = add(commands, "status", cmd_status, "sites, SuperNodes, Flower runs and registered models")
-    p.add_argument("--json", action="store_true", help="print JSON (the default for this program's commands)")
+    p.add_argument("--json", action="store_true", help="print JSON (also the default when stdout is not a terminal)")
     p = add(commands, "demo", cmd_demo, "start the stack, run federated_training through Airflow, summarise")
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--timeout", type=float, default=1200)

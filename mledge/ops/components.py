@@ -138,10 +138,13 @@ def _loopback(host: str) -> bool:
 
 
 def tls_context(settings: Settings):
-    """An SSL context verifying with the platform's CA (health checks); None when TLS is off."""
+    """An SSL context verifying with the platform's CA (health checks); None when TLS is off, or when there is no
+    CA yet (a home the stack has not set up: then nothing of ours answers, and the system's CAs say so)."""
     import ssl
 
-    return ssl.create_default_context(cafile=str(settings.ca_cert)) if settings.tls else None
+    if not settings.tls or not settings.ca_cert.exists():
+        return None
+    return ssl.create_default_context(cafile=str(settings.ca_cert))
 
 
 def site_env(settings: Settings, site: str, environ: Mapping[str, str] = os.environ) -> dict[str, str]:

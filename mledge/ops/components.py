@@ -233,6 +233,9 @@ def airflow_env(settings: Settings, environ: Mapping[str, str] = os.environ) -> 
     env = platform_env(settings, environ)
     db_url = settings.airflow_db_url or f"sqlite:///{settings.airflow_home / 'airflow.db'}"
     env.update(ensure_secret_env(settings))
+    # Airflow Connections given as AIRFLOW_CONN_* (cloud billing credentials, SMTP): the platform's Airflow only,
+    # never a site's worker.
+    env.update({k: v for k, v in environ.items() if k.startswith("AIRFLOW_CONN_")})
     env.update(_airflow_common(settings, settings.airflow_home))
     env.update(
         PATH=f"{str(settings.bin('orchestrator', '')).rstrip('/')}{os.pathsep}{env['PATH']}",

@@ -29,6 +29,7 @@ SUPERVISOR = {  # what the operator's shell might hold when it runs `mledge stac
     "MLFLOW_TRACKING_PASSWORD": "operator-mlflow",  # pragma: allowlist secret
     "MLEDGE_DRIFT_SCHEDULE": "none",
     "PYTHONPATH": "/somewhere/else",
+    "AIRFLOW_CONN_SMTP_DEFAULT": "smtp://mailer:s3cret-smtp@mail:587",  # pragma: allowlist secret
 }
 
 
@@ -46,7 +47,8 @@ def test_a_sites_environment_holds_nothing_of_the_platform(settings):
     for site in settings.sites:
         for env in (defs.site_env(settings, site, SUPERVISOR), defs.edge_worker_env(settings, site, SUPERVISOR)):
             values = "\n".join(f"{k}={v}" for k, v in env.items())
-            for secret in ("s3cret-db", "s3cret-costs", "operator-aws-secret", "operator-mlflow", platform_password):
+            for secret in ("s3cret-db", "s3cret-costs", "operator-aws-secret", "operator-mlflow", "s3cret-smtp",
+                           platform_password):
                 assert secret not in values, secret
             assert env["MLFLOW_TRACKING_USERNAME"] == site
             assert env["MLEDGE_HOME"] == str(settings.site_home(site))
@@ -68,6 +70,10 @@ def test_the_platforms_environment_holds_no_sites_credentials(settings):
     assert "AWS_SECRET_ACCESS_KEY" not in env  # cloud credentials come from Airflow Connections, per task
     assert env["MLEDGE_HOME"] == str(settings.platform_home)
     assert not str(settings.data_root).startswith(env["MLEDGE_HOME"])  # no site store in the platform's home
+    # Airflow Connections (SMTP, clouds) reach the platform's Airflow processes, which run the tasks that use them.
+    assert "AIRFLOW_CONN_SMTP_DEFAULT" not in env
+    smtp = SUPERVISOR["AIRFLOW_CONN_SMTP_DEFAULT"]
+    assert defs.airflow_env(settings, SUPERVISOR)["AIRFLOW_CONN_SMTP_DEFAULT"] == smtp
 
 
 root_only = pytest.mark.skipif(os.geteuid() != 0, reason="Unix users and ownership need root (CI runs as root)")

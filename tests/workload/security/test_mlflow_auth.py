@@ -219,7 +219,15 @@ def test_server_config_and_environment(tmp_path, monkeypatch):
 
 
 @pytest.fixture(scope="module")
-def server(tmp_path_factory, free_port):
+def plain_http():
+    """This server has no certificate (no CA in its home): its clients speak plain HTTP on loopback."""
+    with pytest.MonkeyPatch.context() as env:
+        env.setenv("MLEDGE_TLS", "off")
+        yield
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory, free_port, plain_http):
     home = tmp_path_factory.mktemp("mledge-home")
     settings = _settings(home, free_port())
     bin_dir = Path(sys.executable).parent

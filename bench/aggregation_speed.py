@@ -386,7 +386,9 @@ def _device() -> str:
 
 
 def targets(results: list[dict]) -> dict:
-    """FedQV <= 3x the NumPy mean; ReputationResidual <= 2x Flower's MultiKrum (both at n = 100, d = 1e6)."""
+    """FedQV + reputation <= 3x the NumPy mean; ReputationResidual <= 2x Flower's MultiKrum (n = 100, d = 1e6).
+
+    Plain FedQV's ratio is reported too (it was the earlier target)."""
     n, d = TARGET_CELL
     cell = {r["contender"]: r for r in results if r["n_clients"] == n and r["parameters"] == d}
 
@@ -394,14 +396,16 @@ def targets(results: list[dict]) -> dict:
         row = cell.get(label)
         return row["seconds"] if row else None
 
-    numpy_s, fedqv_s = seconds(NUMPY_MEAN), seconds("fedqv")
+    numpy_s, fedqv_s, fqr_s = seconds(NUMPY_MEAN), seconds("fedqv"), seconds("fedqv-reputation")
     rr_s, mk_s = seconds("reputation-residual"), seconds("flower:MultiKrum")
     mk_frozen = seconds("flower:MultiKrum (gc frozen)")
     fedqv_ratio = fedqv_s / numpy_s if fedqv_s and numpy_s else None
+    fqr_ratio = fqr_s / numpy_s if fqr_s and numpy_s else None
     rr_ratio = rr_s / mk_s if rr_s and mk_s else None
     return {
         "cell": {"n_clients": n, "parameters": d},
-        "fedqv_vs_numpy_mean": {"ratio": fedqv_ratio, "allowed": 3.0, "met": _within(fedqv_ratio, 3.0)},
+        "fedqv_reputation_vs_numpy_mean": {"ratio": fqr_ratio, "allowed": 3.0, "met": _within(fqr_ratio, 3.0)},
+        "fedqv_vs_numpy_mean": {"ratio": fedqv_ratio},
         "reputation_residual_vs_flower_multikrum": {
             "ratio": rr_ratio,
             "ratio_vs_gc_frozen_multikrum": rr_s / mk_frozen if rr_s and mk_frozen else None,
@@ -443,12 +447,14 @@ def markdown(results: list[dict], checks: dict, environment: dict) -> str:
     ]
     for label in labels:
         lines.append(f"| {label} | " + " | ".join(show(index.get((label, n, d))) for n, d in cells) + " |")
-    fq, rr = checks["fedqv_vs_numpy_mean"], checks["reputation_residual_vs_flower_multikrum"]
+    fqr, fq = checks["fedqv_reputation_vs_numpy_mean"], checks["fedqv_vs_numpy_mean"]
+    rr = checks["reputation_residual_vs_flower_multikrum"]
     lines += [
         "",
         "## Targets (n = 100, d = 1e6)",
         "",
-        f"- FedQV <= 3x the NumPy mean: {_ratio(fq['ratio'])} -> {_verdict(fq['met'])}",
+        f"- FedQV + reputation <= 3x the NumPy mean: {_ratio(fqr['ratio'])} -> {_verdict(fqr['met'])} "
+        f"(plain FedQV: {_ratio(fq['ratio'])})",
         f"- ReputationResidual <= 2x Flower's MultiKrum: {_ratio(rr['ratio'])} -> {_verdict(rr['met'])} "
         "(against MultiKrum under gc.freeze: "
         f"{_ratio(rr['ratio_vs_gc_frozen_multikrum'])})",

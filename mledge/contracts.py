@@ -144,6 +144,7 @@ EVENT_SITE, EVENT_ALERT_IDS, EVENT_REQUESTED_BY = "site", "alert_ids", "requeste
 
 # --- aggregation strategies: name -> title (the DAG's enum and the ServerApp's registry use these names) --------
 STRATEGIES: dict[str, str] = {
+    "mledge-robust": "MLEDGE robust default (majority direction, norm and claim checks, reputation)",
     "fedavg": "FedAvg (weighted mean; no defence)",
     "krum": "Krum (Flower)",
     "multikrum": "Multi-Krum (Flower)",

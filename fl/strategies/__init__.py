@@ -1,4 +1,5 @@
-"""Aggregation strategies for the ServerApp, by name: Flower's own rules and the two IMDEA robust methods.
+"""Aggregation strategies for the ServerApp, by name: MLEDGE's robust default, Flower's own rules and the two IMDEA
+robust methods.
 
 Every strategy here validates each update first (fl/strategies/validation.py) and exposes ``last_rejected`` and
 ``last_weights`` after each round (declared in fl/strategies/base.py). ``build_strategy(name, ...)`` is the one
@@ -21,6 +22,7 @@ from fl.strategies.flower import (
     ValidatedKrum,
     ValidatedMultiKrum,
 )
+from fl.strategies.mledge_robust import MledgeRobust
 from fl.strategies.reputation_residual import ReputationResidual
 from fl.strategies.state import MemoryStateStore, SiteStateStore, StateStore
 from fl.strategies.validation import ValidatingMixin, validate_replies
@@ -31,6 +33,7 @@ __all__ = [
     "AggregationStrategy",
     "FedQV",
     "MemoryStateStore",
+    "MledgeRobust",
     "ReputationResidual",
     "SiteStateStore",
     "StateStore",
@@ -58,6 +61,7 @@ def _stateful(cls: type, **fixed) -> Callable[..., Strategy]:
 
 # name -> factory(state=None, **constructor parameters); the names are mledge.contracts.STRATEGIES'.
 STRATEGIES: dict[str, Callable[..., Strategy]] = {
+    "mledge-robust": _stateful(MledgeRobust),
     "fedavg": _stateless(ValidatedFedAvg),
     "krum": _stateless(ValidatedKrum),
     "multikrum": _stateless(ValidatedMultiKrum),
@@ -77,7 +81,7 @@ if set(STRATEGIES) != set(STRATEGY_TITLES):  # one vocabulary: a name added here
 def build_strategy(name: str, *, min_nodes: int = 2, state: StateStore | None = None, **params) -> Strategy:
     """The strategy called ``name``, sampling at least ``min_nodes`` sites per round.
 
-    ``state`` (a SiteStateStore) keeps FedQV budgets and reputation histories across runs; strategies without
+    ``state`` (a SiteStateStore) keeps FedQV budgets and reputations across runs; strategies without
     per-site state ignore it. ``params`` go to the strategy's constructor (e.g. ``num_malicious_nodes``,
     ``theta``). Federated evaluation is off unless ``fraction_evaluate`` says otherwise: the ServerApp has the sites
     score each global model themselves.

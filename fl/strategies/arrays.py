@@ -209,6 +209,25 @@ def weighted_sum(records: Sequence[ArrayRecord], layout: Layout, weights: np.nda
     return unflatten(total, layout)
 
 
+def sampled_columns(
+    records: Sequence[ArrayRecord], layout: Layout, count: int, rng: np.random.Generator
+) -> np.ndarray:
+    """A ``(clients, count)`` matrix of ``count`` coordinates drawn uniformly without replacement (the same ones
+    for every client, in flat order), read from the payloads where they lie; every coordinate when the model has
+    no more than ``count``."""
+    if layout.size <= count:
+        return stack(records, layout)
+    columns = np.sort(rng.choice(layout.size, size=count, replace=False))
+    bounds = np.cumsum((0, *layout.sizes))
+    cuts = np.searchsorted(columns, bounds)
+    out = np.empty((len(records), count), layout.compute_dtype)
+    for row, record in zip(out, records, strict=True):
+        for k, view in enumerate(flat_views(record, layout)):
+            if cuts[k + 1] > cuts[k]:
+                row[cuts[k] : cuts[k + 1]] = view[columns[cuts[k] : cuts[k + 1]] - bounds[k]]
+    return out
+
+
 def normalised(weights: np.ndarray) -> np.ndarray:
     """Non-negative weights scaled to sum to 1 (float64); uniform when they sum to 0."""
     weights = np.clip(np.asarray(weights, dtype=np.float64), 0.0, None)

@@ -31,24 +31,39 @@ leave a choice, this follows the paper and says so:
   sites (attackers among them) still hold credits. Give ``budget`` in proportion to the rounds a site is
   expected to take part in (about 3 per participation, as in the paper).
 
+- the reputation variant's outlier counts are estimated from ``coordinates`` model coordinates drawn uniformly
+  without replacement each round (16,384 by default; every coordinate of a smaller model): only each site's share
+  of outlier values enters its opinion (with d = 1e6 observations W = 2 is negligible), and a uniform sample of m
+  coordinates estimates that share within ε of the full count's with probability >= 1 - 2 exp(-2 m ε²)
+  (Hoeffding, sampling without replacement): ε = 0.013 at 99 % per site and round for m = 16,384 (each round
+  draws afresh, and the reputation averages about four rounds through its decay). The counts are scaled back to
+  d. The residual lines themselves use the stratified repeated median of fl/strategies/repeated_median.py beyond
+  33 sites (exact up to 33).
+
 Cost: the similarity and the average read each site's payload where it lies (fl/strategies/arrays.py), so plain
-FedQV costs about two weighted means; only the reputation variant stacks the sites into one matrix.
+FedQV costs about two weighted means; the reputation variant adds the residual fit on the sampled coordinates only
+(no (sites, parameters) matrix), which keeps it within 3x a NumPy weighted mean at n = 100, d = 1e6 on two cores
+(bench/results/aggregation_speed.md).
 """
 
 from __future__ import annotations
 
+import secrets
 from collections.abc import Iterable, Sequence
 
 import numpy as np
 from flwr.app import ArrayRecord, Message, MetricRecord
 from flwr.serverapp.strategy import FedAvg
 
-from fl.strategies.arrays import Layout, dot_products, stack, weighted_sum
-from fl.strategies.reputation_residual import normalise_reputations, restrict_outliers, update_reputations
+from fl.strategies.arrays import Layout, dot_products, sampled_columns, weighted_sum
+from fl.strategies.repeated_median import PARTNERS, restrict_outliers, round_seed
+from fl.strategies.reputation import normalise_reputations, update_reputations
 from fl.strategies.state import MemoryStateStore, StateStore
 from fl.strategies.validation import BAD_METRICS, NON_FINITE, ValidatingMixin, site_of
 
 SIMILARITY_KEY = "similarity"
+# Coordinates sampled per round for the reputation variant's outlier counts (module docstring).
+REPUTATION_COORDINATES = 2**14
 
 
 def cosines_from_dots(dots: np.ndarray, squares: np.ndarray, reference_square: float) -> np.ndarray:
@@ -106,8 +121,9 @@ class FedQV(ValidatingMixin, FedAvg):
 
     Parameters (beyond FedAvg's): ``theta`` (masking, 0.2), ``budget`` (initial vote budget, 30), ``similarity``
     ("server" or "client"), ``reputation`` (the FedQV + reputation variant), ``threshold`` (its residual
-    confidence threshold, 0.05 as in the FedQV code), ``state`` (a SiteStateStore for budgets and reputation
-    histories across runs; in memory when None), ``max_examples``.
+    confidence threshold, 0.05 as in the FedQV code), ``coordinates`` (sampled per round for the reputation,
+    16,384), ``partners`` and ``seed`` (the residual fit's, see ReputationResidual), ``state`` (a SiteStateStore
+    for budgets and reputation histories across runs; in memory when None), ``max_examples``.
     """
 
     def __init__(
@@ -119,6 +135,9 @@ class FedQV(ValidatingMixin, FedAvg):
         reputation: bool = False,
         threshold: float = 0.05,
         lam: float = 2.0,
+        coordinates: int = REPUTATION_COORDINATES,
+        partners: int | None = PARTNERS,
+        seed: int | None = None,
         state: StateStore | None = None,
         **kwargs,
     ) -> None:
@@ -129,6 +148,8 @@ class FedQV(ValidatingMixin, FedAvg):
         super().__init__(**kwargs)
         self.theta, self.budget, self.similarity = theta, budget, similarity
         self.reputation, self.threshold, self.lam = reputation, threshold, lam
+        self.coordinates, self.partners = coordinates, partners
+        self.seed = secrets.randbits(63) if seed is None else seed
         self.state = state if state is not None else MemoryStateStore()
         self.state_key = "fedqv-reputation" if reputation else "fedqv"
 
@@ -145,7 +166,7 @@ class FedQV(ValidatingMixin, FedAvg):
         sites = [site_of(r) for r in valid]
         records = [self.arrays_of(r) for r in valid]
         layout = Layout.of(records[0])
-        weights = self._weigh(sites, records, layout, valid)
+        weights = self._weigh(sites, records, layout, valid, server_round)
         metrics = self.aggregate_metrics(valid)
         if np.isnan(weights).any():
             return self.global_arrays, metrics  # as the paper: keep the previous global model
@@ -154,7 +175,7 @@ class FedQV(ValidatingMixin, FedAvg):
         return weighted_sum(records, layout, weights), metrics
 
     def _weigh(
-        self, sites: list[str], records: list[ArrayRecord], layout: Layout, replies: list[Message]
+        self, sites: list[str], records: list[ArrayRecord], layout: Layout, replies: list[Message], server_round: int
     ) -> np.ndarray:
         """The round's votes: similarity, masking, (reputation,) payment from the stored budgets, weights."""
         if self.similarity == "server":
@@ -167,10 +188,10 @@ class FedQV(ValidatingMixin, FedAvg):
         states = {site: self.state.load(self.state_key, site) for site in sites}
         budgets = np.array([float(states[site].get("budget", self.budget)) for site in sites])
         if self.reputation:
-            # Outlier counts only: the stacked copy is restricted in place and dropped, the models aggregated stay
-            # the sites' own (see the module docstring).
-            outliers = restrict_outliers(stack(records, layout), self.lam, self.threshold)
-            reputations, histories = update_reputations(self.state, self.state_key, sites, outliers, layout.size)
+            # Outlier counts only, estimated on sampled coordinates: the models aggregated stay the sites' own.
+            reputations, histories = update_reputations(
+                self.state, self.state_key, sites, self._outlier_counts(records, layout, server_round), layout.size
+            )
             for site in sites:
                 states[site]["history"] = histories[site]["history"]
             c, budgets = reputation_adjust(c, budgets, normalise_reputations(reputations))
@@ -179,6 +200,15 @@ class FedQV(ValidatingMixin, FedAvg):
             states[site]["budget"] = float(left)
         self.state.save_many(self.state_key, states)
         return quadratic_weights(c, self.examples(replies))
+
+    def _outlier_counts(self, records: list[ArrayRecord], layout: Layout, server_round: int) -> np.ndarray:
+        """Each site's number of outlier values, estimated from the sampled coordinates and scaled to the model."""
+        seed = round_seed(self.seed, server_round)
+        sample = sampled_columns(records, layout, self.coordinates, np.random.default_rng([seed, 1]))
+        counts = restrict_outliers(
+            sample, self.lam, self.threshold, partners=self.partners, seed=seed, restrict=False
+        )
+        return counts * (layout.size / sample.shape[1])
 
     def _similarity_problems(self, replies: list[Message]) -> dict[str, str]:
         problems = {}

@@ -19,9 +19,12 @@ from fl.strategies.state import MemoryStateStore
 from fl.strategies.validation import validate_replies
 
 ALL = list(STRATEGIES)
-WEIGHTED = ["fedavg", "krum", "multikrum", "fedqv", "fedqv-reputation", "reputation-residual"]
+WEIGHTED = ["mledge-robust", "fedavg", "krum", "multikrum", "fedqv", "fedqv-reputation", "reputation-residual"]
 COORDINATE_WISE = ["fedmedian", "fedtrimmedavg", "bulyan"]
-ROBUST = ["krum", "multikrum", "fedmedian", "fedtrimmedavg", "bulyan", "fedqv-reputation", "reputation-residual"]
+ROBUST = [
+    "mledge-robust", "krum", "multikrum", "fedmedian", "fedtrimmedavg", "bulyan", "fedqv-reputation",
+    "reputation-residual",
+]
 SHAPES = {"layer.weight": (12, 8), "layer.bias": (8,), "out.weight": (1, 8)}
 
 
@@ -353,7 +356,7 @@ def test_fedqv_takes_the_whole_budget_of_a_site_that_sends_nan(global_model):
 
 
 def test_opinion_and_its_decay_follow_the_paper():
-    from fl.strategies.reputation_residual import decayed, opinion
+    from fl.strategies.reputation import decayed, opinion
 
     assert opinion(8, 2) == pytest.approx((0.3 * 8 + 0.5 * 2) / (0.3 * 8 + 0.7 * 2 + 2))
     assert opinion(0, 0) == pytest.approx(0.5)  # no observations: pure uncertainty, weighted by a
@@ -370,7 +373,7 @@ def test_opinion_and_its_decay_follow_the_paper():
 
 
 def test_reputation_weights_min_max_and_the_one_over_n_floor():
-    from fl.strategies.reputation_residual import reputation_weights
+    from fl.strategies.reputation import reputation_weights
 
     np.testing.assert_allclose(reputation_weights([0.2, 0.6, 1.0]), [0, 1 / 3, 2 / 3])
     np.testing.assert_allclose(reputation_weights([0.0, 0.3, 1.0]), [0, 0, 1])  # 0.3 < 1/3
@@ -393,7 +396,7 @@ def brute_force_line(column: list[float]) -> tuple[float, float]:
 
 @pytest.mark.parametrize("n", [2, 3, 6, 7, 10])
 def test_repeated_median_line_equals_brute_force(n):
-    from fl.strategies.reputation_residual import repeated_median_line
+    from fl.strategies.repeated_median import repeated_median_line
 
     rng = np.random.default_rng(n)
     y = rng.standard_normal((n, 25)).astype(np.float32)
@@ -409,7 +412,7 @@ def test_repeated_median_line_equals_brute_force(n):
 def test_repeated_median_line_does_not_depend_on_chunking_or_backend(monkeypatch):
     import torch
 
-    from fl.strategies import reputation_residual as rr
+    from fl.strategies import repeated_median as rr
 
     y = np.sort(np.random.default_rng(3).standard_normal((9, 1000)).astype(np.float32), axis=0)
     whole = rr.repeated_median_line(y)
@@ -422,7 +425,7 @@ def test_repeated_median_line_does_not_depend_on_chunking_or_backend(monkeypatch
 
 
 def test_residual_confidence_and_restriction():
-    from fl.strategies.reputation_residual import leverage, residual_confidence, restrict_outliers
+    from fl.strategies.repeated_median import leverage, residual_confidence, restrict_outliers
 
     x = np.arange(7.0)
     np.testing.assert_allclose(leverage(x), 1 / 7 + (x - 3) ** 2 / ((x - 3) ** 2).sum())
@@ -454,7 +457,7 @@ def test_reputation_drops_for_an_attack_and_recovers_after_it(global_model):
         history = strategy.state.load("reputation-residual", "site-4")["history"]
         reputations.append(history)
     assert reputations[0][-1] < 0.1  # the attack round's opinion
-    from fl.strategies.reputation_residual import decayed
+    from fl.strategies.reputation import decayed
 
     levels = [decayed(h) for h in reputations]
     assert all(b > a for a, b in zip(levels[:5], levels[1:6], strict=True))
@@ -507,14 +510,19 @@ def test_payload_sums_work_in_the_layouts_dtype_and_across_blocks(monkeypatch):
 
 
 def test_fedqv_weighs_the_payloads_without_stacking_them(global_model, monkeypatch):
-    from fl.strategies import fedqv
+    """Plain FedQV reads no matrix at all; the reputation variant reads only its sampled coordinates."""
+    from fl.strategies import arrays, fedqv
 
     def no_stack(*args, **kwargs):
-        raise AssertionError("plain FedQV must not build a (clients, parameters) matrix")
+        raise AssertionError("FedQV must not build a (clients, parameters) matrix")
 
-    monkeypatch.setattr(fedqv, "stack", no_stack)
-    strategy, arrays, _ = aggregate("fedqv", global_model, local_models(global_model, 5))
-    assert arrays is not None and sum(strategy.last_weights.values()) == pytest.approx(1.0)
+    monkeypatch.setattr(fedqv, "sampled_columns", no_stack)
+    strategy, arrays_, _ = aggregate("fedqv", global_model, local_models(global_model, 5))
+    assert arrays_ is not None and sum(strategy.last_weights.values()) == pytest.approx(1.0)
+    monkeypatch.undo()
+    monkeypatch.setattr(arrays, "stack", no_stack)
+    strategy, arrays_, _ = aggregate("fedqv-reputation", global_model, local_models(global_model, 5), coordinates=40)
+    assert arrays_ is not None and sum(strategy.last_weights.values()) == pytest.approx(1.0)
 
 
 def test_payload_headers_are_checked_even_when_seen_before(global_model):
@@ -545,7 +553,7 @@ def test_unflatten_restores_names_shapes_and_dtypes():
 
 
 def test_build_strategy_names_and_parameters():
-    with pytest.raises(ValueError, match="valid names: fedavg, krum, multikrum"):
+    with pytest.raises(ValueError, match="valid names: mledge-robust, fedavg, krum, multikrum"):
         build_strategy("fedprox")
     strategy = build_strategy("FedQV", min_nodes=3, theta=0.1)
     assert isinstance(strategy, FedQV) and strategy.theta == 0.1 and strategy.min_train_nodes == 3

@@ -21,6 +21,8 @@
 # Site side (SITE: the argument, else $MLEDGE_SITE; if both are given they must agree):
 #   site-init [SITE]          one-shot, in the site's own volume: its SuperNode key pair, a copy of the CA
 #                             certificate, demonstration data; exports its public key (docker/site-init.py)
+#   trainer [SITE]            the site's trainer (its ClientApp handlers kept warm); a Unix socket in the site's
+#                             volume, no network
 #   supernode [SITE]          the site's Flower SuperNode; only outbound connections, to gateway-fleet
 #   edge-worker [SITE]        the site's Airflow edge worker (queue SITE); only outbound connections, to gateway-edge
 # Anything else:
@@ -175,7 +177,7 @@ case "${command}" in
   superlink | gateway-fleet | gateway-edge)
     serve "${command}" "$@"
     ;;
-  site-init | supernode | edge-worker)
+  site-init | trainer | supernode | edge-worker)
     named=""
     if [[ $# -gt 0 && "$1" != -* ]]; then
       named="$1"
@@ -185,6 +187,9 @@ case "${command}" in
     case "${command}" in
       site-init)
         site_init
+        ;;
+      trainer)
+        serve "trainer-${SITE}" "$@"
         ;;
       supernode)
         serve "supernode-${SITE}" "$@"

@@ -2,13 +2,15 @@
 """Health checks of MLEDGE's containers (the images' HEALTHCHECK and docker-compose.yml's ``healthcheck``).
 
     healthcheck.py component NAME   the check of a component, its port from mledge.ops.settings (as the local stack);
-                                    an edge worker: `airflow edge status` says it serves (starting, running or idle)
+                                    an edge worker: `airflow edge status` says it serves (starting, running or idle);
+                                    a trainer: its socket in the site's home answers, warmed up
     healthcheck.py auto             the component docker/entrypoint.sh recorded; none (a one-shot job): healthy
     healthcheck.py tcp HOST:PORT    something accepts TCP connections there
     healthcheck.py http URL         GET answers 200
 
 Exit status 0 when healthy, 1 otherwise, with one line saying what was checked. Standard library only (plus
-``mledge.ops.settings``, itself standard library), so every image's interpreter can run it.
+``mledge.ops.settings`` and ``mledge.onsite.trainer_client``, themselves standard library at import), so every
+image's interpreter can run it.
 """
 
 from __future__ import annotations
@@ -80,6 +82,18 @@ def edge_worker() -> tuple[bool, str]:
     return state in EDGE_SERVING, f"airflow edge status: {state}"
 
 
+def trainer(home: str, site: str) -> tuple[bool, str]:
+    """The site's trainer answers on its socket and has warmed up."""
+    from mledge.onsite.trainer_client import TrainerFailed, TrainerUnavailable, socket_path, status
+
+    path = socket_path(home)
+    try:
+        found = status(path, site=site, timeout=TIMEOUT_S)
+    except (TrainerUnavailable, TrainerFailed) as exc:
+        return False, f"trainer {path}: {exc}"
+    return bool(found.get("ready")), f"trainer {path}: {'ready' if found.get('ready') else 'warming up'}"
+
+
 def component_check(name: str) -> Callable[[], tuple[bool, str]]:
     """The check of one component, on the ports mledge.ops.settings gives the local stack."""
     from mledge.ops.settings import Settings
@@ -91,12 +105,14 @@ def component_check(name: str) -> Callable[[], tuple[bool, str]]:
         return lambda: tcp(f"127.0.0.1:{settings.fleet_port}")
     if name == "gateway-edge":
         return lambda: tcp(f"127.0.0.1:{settings.edge_port}")
-    if name.startswith(("supernode-", "edge-worker-")):
-        site = name.removeprefix("supernode-").removeprefix("edge-worker-")
+    if name.startswith(("supernode-", "edge-worker-", "trainer-")):
+        site = name.removeprefix("supernode-").removeprefix("edge-worker-").removeprefix("trainer-")
         if site not in settings.sites:
             raise ValueError(f"unknown site {site!r} in component {name!r}; sites: {', '.join(settings.sites)}")
         if name.startswith("edge-worker-"):
             return edge_worker
+        if name.startswith("trainer-"):
+            return lambda: trainer(settings.site_home(site), site)
         # The SuperNode's own runtime API, on loopback only: a SuperNode accepts no connection from outside.
         return lambda: tcp(f"127.0.0.1:{settings.supernode_port + settings.sites.index(site)}")
     if name == "mlflow":

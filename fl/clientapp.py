@@ -8,6 +8,12 @@ Attack simulation (fl/simulation/attacks.py), off unless the site itself says so
 ``attack-site`` applies ``attack-profile`` (the same syntax) for that run only, and only if the SuperNode was
 started with ``accept-simulated-attacks=true`` in its own node config. Whoever may trigger a run cannot make a
 real site poison its updates.
+
+Where the work runs: with ``trainer-socket`` in the node config (the stack sets it), this process only forwards each
+train message, as it came, with its Context, to the site's long-lived trainer (mledge/onsite/trainer.py), which runs
+these same handlers warm, and relays the reply; a trainer that is down gives an error reply naming the site. So
+torch and the site's training code are imported here only when a node has no trainer (tests, the in-process
+simulation): Flower starts this process for every message. Queries (``identify``) are answered here.
 """
 
 from __future__ import annotations
@@ -17,9 +23,9 @@ import time
 from pathlib import Path
 
 import numpy as np
-import torch
 from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
+from flwr.clientapp.typing import ClientAppCallable
 
 from fl.simulation.attacks import AttackProfile
 from mledge.contracts import (
@@ -32,24 +38,42 @@ from mledge.contracts import (
     SITE_KEY,
     WINDOW_KEY,
 )
-from mledge.onsite import training
-from mledge.onsite.store import SiteDataError
+from mledge.onsite import trainer_client
+from mledge.onsite.trainer_client import Deferred
 
-app = ClientApp()
+# Loaded on first use (the trainer loads them at its start): this process usually only forwards.
+torch = Deferred("torch")
+training = Deferred("mledge.onsite.training")
+store = Deferred("mledge.onsite.store")
+
 log = logging.getLogger("flwr").getChild("mledge.site")
+
+
+def forward_to_trainer(msg: Message, context: Context, call_next: ClientAppCallable) -> Message:
+    """A mod around every handler: a node with a trainer has the trainer run the handler (its reply and the
+    Context's state come back); without one, or for a query, the handler runs here."""
+    path = context.node_config.get(trainer_client.TRAINER_KEY)
+    if not path or msg.metadata.message_type.split(".")[0] == "query":
+        return call_next(msg, context)
+    site = str(context.node_config.get("site", "")).strip() or "<unnamed>"
+    reply, context.state = trainer_client.call(Path(str(path)), msg, context, site=site)
+    return Message(reply.error if reply.has_error() else reply.content, reply_to=msg)
+
+
+app = ClientApp(mods=[forward_to_trainer])  # outermost: any other mod runs where the handler runs
 
 
 def site_of(context: Context) -> str:
     site = str(context.node_config.get("site", "")).strip()
     if not site:
-        raise SiteDataError("<unnamed>", "this SuperNode has no 'site' in its --node-config")
+        raise store.SiteDataError("<unnamed>", "this SuperNode has no 'site' in its --node-config")
     return site
 
 
 def data_dir(context: Context, site: str) -> Path:
     value = context.node_config.get("data-dir")
     if not value:
-        raise SiteDataError(site, "this SuperNode has no 'data-dir' in its --node-config")
+        raise store.SiteDataError(site, "this SuperNode has no 'data-dir' in its --node-config")
     return Path(str(value))
 
 

@@ -31,6 +31,7 @@ from flwr.app import ArrayRecord, ConfigRecord, Context, Message, RecordDict
 from flwr.serverapp import Grid, ServerApp
 from tenacity import retry, stop_after_attempt, wait_exponential
 
+from fl.grid import PromptGrid
 from fl.model import build_model
 from fl.outbox import GLOBAL, Outbox, outbox_dir
 from fl.protocol import ZERO, PromotionEvidence, SiteEvidence, counts_from, metric_problems, metrics_from_counts
@@ -415,6 +416,7 @@ def registered_sites(path: Path) -> dict[int, str] | None:
 def main(grid: Grid, context: Context) -> None:
     from mledge.registry.promotion import load_champion_state
 
+    grid = PromptGrid(grid)  # replies collected as they come (Flower's own grid pulls every 3 s)
     cfg = context.run_config
     rounds = int(cfg["num-server-rounds"])
     timeout = float(cfg["reply-timeout-s"])

@@ -6,8 +6,10 @@ dag-processor and triggerer, and two gateways that are the only doors for sites:
 API) and ``gateway-edge`` (Airflow's Edge worker and Execution APIs); see mledge/ops/gateway.py.
 
 Site side, per site (user ``mledge-<site>``, home ``<MLEDGE_HOME>/sites/<site>``: its store, its keys, its
-worker's logs): the Flower SuperNode and the Airflow edge worker serving the queue named after the site. Both only
-open outbound connections, to the gateways.
+worker's logs): the site's trainer (mledge/onsite/trainer.py: the ClientApp's handlers kept warm, reachable only on
+a Unix socket in the site's home), the Flower SuperNode, whose ClientApp forwards to that trainer, and the Airflow
+edge worker serving the queue named after the site. The SuperNode and the worker only open outbound connections,
+to the gateways; the trainer opens none.
 
 Every environment is built from an allow-list (``_base_env`` and the additions of each side): no component
 inherits the supervisor's environment, so no site process holds a platform credential or database URL, and the
@@ -28,6 +30,7 @@ from functools import cache, partial
 from pathlib import Path
 
 from mledge.contracts import AIRFLOW_EXECUTORS, FLWR_CONNECTION, SUPERNODE_REGISTRY
+from mledge.onsite.trainer_client import TRAINER_KEY, ready, socket_path
 from mledge.ops.identities import PLATFORM_USER, Account, site_user
 from mledge.ops.processes import Component, http_ok, port_open
 from mledge.ops.settings import Settings, mlflow_server_config
@@ -162,8 +165,30 @@ def site_env(settings: Settings, site: str, environ: Mapping[str, str] = os.envi
         MLFLOW_TRACKING_URI=settings.mlflow_site_url,
         MLEDGE_MLFLOW_URL=settings.mlflow_site_url,
         **mlflow_auth.client_env(settings, site),
+        **site_runtime(settings),
     )
     return env
+
+
+# The trainer opens no connection: it gets the site's environment without the site's MLflow identity.
+TRAINER_WITHOUT = ("MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD", "MLFLOW_TRACKING_URI", "MLEDGE_MLFLOW_URL")
+
+
+def trainer_env(settings: Settings, site: str, environ: Mapping[str, str] = os.environ) -> dict[str, str]:
+    """A site's trainer: what its other processes get (site_env), less any credential; it needs none."""
+    return {k: v for k, v in site_env(settings, site, environ).items() if k not in TRAINER_WITHOUT}
+
+
+# How often a SuperNode's SuperExec looks for a message to start a ClientApp for (Flower's default: every second);
+# a round waits for it at every site.
+SUPEREXEC_POLL_S = "0.25"
+
+
+def site_runtime(settings: Settings) -> dict[str, str]:
+    """Every site of this stack runs on this machine: each gets its share of the cores for its numeric libraries
+    (torch, BLAS), or their thread pools, all spinning at once, slow every round down many times over."""
+    threads = max(1, (os.cpu_count() or 1) // max(1, len(settings.sites)))
+    return {"OMP_NUM_THREADS": str(threads), "FLWR_SUPEREXEC_TASK_POLL_INTERVAL": SUPEREXEC_POLL_S}
 
 
 def site_ca(settings: Settings, site: str) -> Path:
@@ -341,9 +366,15 @@ def _supernode_healthy(log: Path, port: int) -> Callable[[], bool]:
     return check
 
 
+def trainer_socket(settings: Settings, site: str) -> Path:
+    """Where a site's trainer listens: a Unix socket in the site's home."""
+    return socket_path(settings.site_home(site))
+
+
 def node_config(settings: Settings, site: str) -> str:
-    """A site's SuperNode node config: its name, its store, and whether it accepts simulated attacks (opt-in)."""
-    config = f"site='{site}' data-dir='{settings.site_home(site)}'"
+    """A site's SuperNode node config: its name, its store, its trainer's socket, and whether it accepts simulated
+    attacks (opt-in)."""
+    config = f"site='{site}' data-dir='{settings.site_home(site)}' {TRAINER_KEY}='{trainer_socket(settings, site)}'"
     return config + (" accept-simulated-attacks=true" if site in settings.simulation_sites else "")
 
 
@@ -462,6 +493,19 @@ def components(
         port = settings.supernode_port + i
         account = accounts.get(site_user(site))
         home = settings.site_home(site)
+        # Before its SuperNode, so that the first message finds it warm (messages wait for its warm-up anyway).
+        found.append(
+            Component(
+                f"trainer-{site}",
+                [str(settings.bin("workload", "mledge")), "sites", "trainer", "--site", site],
+                partial(trainer_env, settings, site, environ),
+                partial(ready, trainer_socket(settings, site), site),
+                home=home,
+                side="site",
+                site=site,
+                account=account,
+            )
+        )
         found.append(
             Component(
                 f"supernode-{site}",

@@ -117,6 +117,8 @@ def collect(settings: Settings) -> dict[str, Any]:
                 "store": str(settings.site_store(site)),
                 "batches": len(batch_paths(settings.site_store(site))),
                 "supernode_pid": process.get("pid"),
+                # Its trainer (the ClientApp's handlers, warm): running, and ready once warmed up.
+                "trainer": {k: components.get(f"trainer-{site}", {}).get(k) for k in ("pid", "healthy")},
                 "node_id": node_id,
                 "connected": bool(process.get("pid")) and node_id in online,
                 # Why it is not connected, when the SuperLink refused its key (None otherwise).

@@ -36,15 +36,18 @@ TOOLS = ROOT / ".venvs" / "docker-lint"
 SITES = ("plant_a", "plant_b", "plant_c")
 SUPERNODES = tuple(f"supernode-{site}" for site in SITES)
 EDGE_WORKERS = tuple(f"edge-worker-{site}" for site in SITES)
+TRAINERS = tuple(f"trainer-{site}" for site in SITES)
 SITE_INITS = tuple(f"site-init-{site}" for site in SITES)
-# What runs at a site, per site: its one-shot setup, its SuperNode and its edge worker.
-SITE_SERVICES = {site: {f"site-init-{site}", f"supernode-{site}", f"edge-worker-{site}"} for site in SITES}
+# What runs at a site, per site: its one-shot setup, its trainer, its SuperNode and its edge worker.
+SITE_SERVICES = {
+    site: {f"site-init-{site}", f"trainer-{site}", f"supernode-{site}", f"edge-worker-{site}"} for site in SITES
+}
 GATEWAYS = ("gateway-fleet", "gateway-edge")
 # What people open in a browser: the Airflow UI (api-server) and the MLflow UI.
 UIS = ("airflow-api-server", "mlflow")
 ONE_SHOT = ("pki-init", "register-nodes", "mlflow-init", "airflow-init", *SITE_INITS)
 LONG_RUNNING = (
-    "postgres", "superlink", *GATEWAYS, *SUPERNODES, *EDGE_WORKERS, "mlflow",
+    "postgres", "superlink", *GATEWAYS, *TRAINERS, *SUPERNODES, *EDGE_WORKERS, "mlflow",
     "airflow-api-server", "airflow-scheduler", "airflow-dag-processor", "airflow-triggerer",
 )
 SECRET_KEY = re.compile(r"PASSWORD|SECRET|FERNET|TOKEN|_KEY$")
@@ -249,6 +252,7 @@ def test_depends_on_waits_for_health_or_completion(config):
         needs(f"site-init-{site}", "pki-init", "service_completed_successfully")  # the CA exists to copy
         needs(f"supernode-{site}", "register-nodes", "service_completed_successfully")  # registered before it connects
         needs(f"supernode-{site}", "gateway-fleet", "service_healthy")
+        needs(f"supernode-{site}", f"trainer-{site}", "service_healthy")  # its ClientApp forwards to it
         needs(f"edge-worker-{site}", "gateway-edge", "service_healthy")
     needs("gateway-fleet", "superlink", "service_healthy")
     needs("gateway-edge", "airflow-api-server", "service_healthy")
@@ -309,8 +313,9 @@ def test_each_site_volume_is_mounted_only_by_that_sites_services(config):
         assert not [m for m in service.get("volumes", []) if m["type"] != "volume"], f"{name} bind-mounts the host"
     for site in SITES:
         # What runs at the site shares that site's volume and nothing else.
-        for name in (f"supernode-{site}", f"edge-worker-{site}"):
+        for name in (f"trainer-{site}", f"supernode-{site}", f"edge-worker-{site}"):
             assert set(named_mounts(services[name])) == {f"site-{site}"}, f"{name} mounts more than its site's volume"
+        assert services[f"trainer-{site}"].get("network_mode") == "none", "a trainer needs no network at all"
 
 
 def test_site_services_reach_the_platform_only_through_the_gateways(config):
@@ -463,7 +468,7 @@ IMAGE_ENV = {
     "mlflow": {"MLEDGE_HOME": "/var/lib/mledge"},
     "orchestrator": {"MLEDGE_HOME": "/var/lib/mledge", "AIRFLOW_HOME": "/var/lib/mledge/airflow"},
 }
-SITE_COMMANDS = ("supernode", "edge-worker")
+SITE_COMMANDS = ("trainer", "supernode", "edge-worker")
 SERVED = ("superlink", *GATEWAYS, "mlflow", "airflow-api-server", "airflow-scheduler", "airflow-dag-processor",
           "airflow-triggerer")
 

@@ -38,7 +38,7 @@ from mledge.contracts import (
     TRAINING_DAG_ID,
     USE_CASE,
 )
-from operators.assets import DRIFT
+from operators.assets import DRIFT, drift_alert_ids
 from operators.mledge import MledgeOperator
 from operators.notifiers import RunFailedNotifier
 
@@ -98,6 +98,7 @@ with DAG(
     },
     tags=["mledge", USE_CASE, "federated"],
     doc_md=__doc__,
+    user_defined_macros={"drift_alert_ids": drift_alert_ids},
     on_failure_callback=RunFailedNotifier(),  # mail (operators/notifiers.py; MLEDGE_NOTIFY_EMAIL)
 ) as dag:
     migrate_platform_db = MledgeOperator(task_id="migrate_platform_db", arguments=["db", "migrate"])
@@ -141,7 +142,8 @@ with DAG(
         arguments=[
             "models", "promote", "--flower-run-id", RUN_ID,
             "--site-margin", "{{ params.site_margin }}",
-            "--resolve-drift-alerts",
+            # Only the alerts whose Asset events started this run are resolved by it.
+            "--drift-alert-ids", "{{ drift_alert_ids(triggering_asset_events) | tojson }}",
         ],
     )
 

@@ -162,6 +162,8 @@ class AlertStore:
                 f"alert {alert_id} ({current['site']} {current['batch']}, {current['kind']}) is {current['status']!r}"
                 f" and cannot become {status!r}; allowed: {', '.join(allowed) or 'none (final)'}"
             )
+        if status == current["status"]:
+            return current  # allowed and already so (approve again): nothing to record, no second history entry
         now = datetime.now(UTC)
         with self.engine.begin() as conn:
             # Only if nobody changed it meanwhile: two reviewers clicking at once must not both win.

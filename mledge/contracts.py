@@ -114,10 +114,12 @@ ALERT_DECISIONS = ("drift", "no_drift")
 # What a reviewer does -> the status it leads to (the CLI's and the review page's verbs).
 ALERT_ACTIONS = {"acknowledge": "acknowledged", "dismiss": "dismissed", "approve": "retraining", "resolve": "resolved"}
 # Which status may follow which. A dismissed alert can be reopened by acknowledging it; resolved is final.
+# retraining -> retraining: approving again is a no-op that emits the retraining request again (a retried task, or
+# an approval whose Asset event failed to go out, must not leave the alert stuck).
 ALERT_TRANSITIONS: dict[str, tuple[str, ...]] = {
     "new": ("acknowledged", "dismissed", "retraining", "resolved"),
     "acknowledged": ("dismissed", "retraining", "resolved"),
-    "retraining": ("resolved",),
+    "retraining": ("retraining", "resolved"),
     "dismissed": ("acknowledged",),
     "resolved": (),
 }

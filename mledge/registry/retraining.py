@@ -5,6 +5,7 @@ Also what a finished Flower run left in MLflow for the DAG: which sites failed a
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -12,9 +13,11 @@ from drift.alerts import AlertStore
 from mledge.registry.promotion import find_run, promote, read_evidence
 
 
-def alerts_in_retraining(alerts: AlertStore) -> list[dict]:
-    """The drift alerts whose retraining a run is: approved (by a person or automatically), not yet resolved."""
-    return alerts.list(status="retraining")
+def alerts_in_retraining(alerts: AlertStore, alert_ids: Iterable[int]) -> list[dict]:
+    """Of the alerts whose retraining a run is (the ids its triggering Asset events carried), those still waiting:
+    approved (by a person or automatically), not yet resolved. An alert approved after the run started is not
+    among them: this run did not train on its request. A retried registration finds them resolved already."""
+    return [alert for alert in (alerts.get(int(i)) for i in sorted(set(alert_ids))) if alert["status"] == "retraining"]
 
 
 def resolve_alerts(alerts: AlertStore, resolved: list[dict], result: dict) -> list[int]:
@@ -34,12 +37,14 @@ def promote_and_resolve(
     flower_run_id: str,
     alerts: AlertStore | None,
     *,
+    alert_ids: Iterable[int] = (),
     metric: str = "f1",
     margin: float = 0.0,
     site_margin: float = 0.0,
 ) -> dict:
-    """Register the run's models through the gates; with ``alerts``, link and resolve those in retraining."""
-    waiting = alerts_in_retraining(alerts) if alerts is not None else []
+    """Register the run's models through the gates; with ``alerts``, link and resolve those of ``alert_ids`` that
+    are in retraining (the alerts whose Asset events started this run)."""
+    waiting = alerts_in_retraining(alerts, alert_ids) if alerts is not None else []
     result = promote(
         flower_run_id,
         metric=metric,

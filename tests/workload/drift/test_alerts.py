@@ -138,3 +138,17 @@ def test_a_file_database_keeps_its_rows_for_the_next_reader(tmp_path):
     reader = AlertStore(url)
     assert reader.get(alert["id"])["updated_by"] == "frank"
     assert [h["to_status"] for h in reader.history(alert["id"])] == ["new", "dismissed"]
+
+
+def test_approving_an_alert_in_retraining_again_changes_and_records_nothing(store):
+    """A retried fl_train, or a second click after an Asset event failed to go out, approves again: allowed (so the
+    retraining request can be emitted again) and idempotent."""
+    alert = _add(store)
+    approved = store.set_status(alert["id"], "retraining", "bob", "sensor replaced")
+    again = store.set_status(alert["id"], "retraining", "airflow:auto-retrain", "retried")
+    assert again == approved == store.get(alert["id"])
+    assert [(h["from_status"], h["to_status"]) for h in store.history(alert["id"])] == [
+        (None, "new"), ("new", "retraining")]
+    acknowledged = store.set_status(_add(store, batch="batch-000006")["id"], "acknowledged", "alice")
+    with pytest.raises(AlertError, match="cannot become 'acknowledged'"):  # other statuses are not re-entered
+        store.set_status(acknowledged["id"], "acknowledged", "alice")

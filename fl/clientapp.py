@@ -27,6 +27,7 @@ from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, 
 from flwr.clientapp import ClientApp
 from flwr.clientapp.typing import ClientAppCallable
 
+from fl.privacy.client import privacy_mod
 from fl.simulation.attacks import AttackProfile
 from mledge.contracts import (
     ARRAYS_KEY,
@@ -60,7 +61,9 @@ def forward_to_trainer(msg: Message, context: Context, call_next: ClientAppCalla
     return Message(reply.error if reply.has_error() else reply.content, reply_to=msg)
 
 
-app = ClientApp(mods=[forward_to_trainer])  # outermost: any other mod runs where the handler runs
+# forward_to_trainer outermost: any other mod runs where the handler runs. privacy_mod (fl/privacy/client.py) runs
+# train messages as SecAgg+ stages under privacy secagg / secagg-dp, and passes everything through otherwise.
+app = ClientApp(mods=[forward_to_trainer, privacy_mod])
 
 
 def site_of(context: Context) -> str:

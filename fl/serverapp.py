@@ -34,6 +34,7 @@ from tenacity import retry, stop_after_attempt, wait_exponential
 from fl.grid import PromptGrid
 from fl.model import build_model
 from fl.outbox import GLOBAL, Outbox, outbox_dir
+from fl.privacy.server import apply_privacy
 from fl.protocol import ZERO, PromotionEvidence, SiteEvidence, counts_from, metric_problems, metrics_from_counts
 from fl.strategies import AggregationStrategy, SiteStateStore, build_strategy
 from mledge.contracts import (
@@ -424,6 +425,11 @@ def main(grid: Grid, context: Context) -> None:
     strategy = build_strategy(
         strategy_name, min_nodes=int(cfg["min-nodes"]), state=SiteStateStore(platform_db_url())
     )
+    # privacy (fl/privacy/): refuses strategies that cannot run under the mode; under none, strategy unchanged
+    strategy, privacy = apply_privacy(
+        cfg, strategy_name, strategy, min_nodes=int(cfg["min-nodes"]), min_replies=int(cfg["min-replies"]),
+        timeout=timeout,
+    )
     tags = {
         TAG_FLOWER_RUN: str(context.run_id),
         TAG_DAG_RUN: str(cfg.get("dag-run-id", "")),
@@ -448,6 +454,10 @@ def main(grid: Grid, context: Context) -> None:
         registered=registered_sites(mledge_home() / SUPERNODE_REGISTRY),
         node_wait=float(cfg.get("node-wait-s", timeout)),
     )
+    if privacy is not None:  # the run's (epsilon, delta) and clip bound; registration copies them to the versions
+        outbox.set_tags(privacy.tags())
+        if privacy.metrics():
+            outbox.log_metrics(privacy.metrics(), step=rounds)
     evidence, ok = finalise(
         grid,
         result,

@@ -159,6 +159,26 @@ STRATEGIES: dict[str, str] = {
 }
 DEFAULT_STRATEGY = "fedavg"
 
+# --- privacy: secure aggregation and differential privacy (fl/privacy/; the DAG's enum uses these names) --------
+PRIVACY_MODES: dict[str, str] = {
+    "none": "None: the platform sees every site's update (as before)",
+    "dp": "Differential privacy: updates clipped, Gaussian noise on the aggregate, (epsilon, delta) accounted",
+    "secagg": "Secure aggregation (SecAgg+): the platform only ever holds the sum of the sites' updates",
+    "secagg-dp": "SecAgg+ with distributed discrete Gaussian noise: no party sees an un-noised sum",
+}
+DEFAULT_PRIVACY = "none"
+# Run config keys (fl/flower_app/pyproject.toml) and their defaults.
+PRIVACY_KEY = "privacy"
+DP_EPSILON_KEY, DP_DELTA_KEY, CLIP_NORM_KEY = "dp-epsilon", "dp-delta", "clip-norm"
+DP_EPSILON = 8.0  # the run's target epsilon; the noise is calibrated to reach it after num-server-rounds rounds
+DP_DELTA = 1e-5
+CLIP_NORM = 1.0  # L2 bound on one site's update (trained - received) in every mode but none
+TAG_PRIVACY = "mledge.privacy"
+TAG_EPSILON = "mledge.privacy.epsilon"
+TAG_DELTA = "mledge.privacy.delta"
+TAG_NOISE_MULTIPLIER = "mledge.privacy.noise_multiplier"
+TAG_CLIP_NORM = "mledge.privacy.clip_norm"
+
 # --- Flower messages between the ServerApp and the sites' ClientApps -------------------------------------------
 MSG_TRAIN = "train"
 MSG_FINALISE = "train.finalise"

@@ -26,11 +26,14 @@ from airflow.sdk import DAG, AssetOrTimeSchedule, Param
 from airflow.timetables.trigger import CronTriggerTimetable
 
 from mledge.contracts import (
+    DEFAULT_PRIVACY,
     DEFAULT_STRATEGY,
+    DP_EPSILON,
     LEARNING_RATE,
     LOCAL_EPOCHS,
     MIN_CLIENTS,
     NODE_WAIT_TIMEOUT_S,
+    PRIVACY_MODES,
     ROUNDS,
     RUN_TIMEOUT_S,
     SITES,
@@ -76,6 +79,18 @@ with DAG(
             values_display=dict(STRATEGIES),
             description="Aggregation rule (robust rules reject or down-weight poisoned updates)",
         ),
+        "privacy": Param(
+            DEFAULT_PRIVACY,
+            type="string",
+            enum=list(PRIVACY_MODES),
+            values_display=dict(PRIVACY_MODES),
+            description="Secure aggregation and/or differential privacy; every mode but none runs strategy fedavg "
+            "(another strategy fails the run's start, saying why)",
+        ),
+        "dp_epsilon": Param(
+            DP_EPSILON, type="number", exclusiveMinimum=0, maximum=100,
+            description="dp, secagg-dp: the run's target epsilon (delta 1e-5), reached after its rounds",
+        ),
         "attack_site": Param(
             "",
             type="string",
@@ -119,6 +134,8 @@ with DAG(
             "--learning-rate", "{{ params.learning_rate }}",
             "--min-nodes", "{{ params.min_clients }}",
             "--strategy", "{{ params.strategy }}",
+            "--privacy", "{{ params.privacy }}",
+            "--dp-epsilon", "{{ params.dp_epsilon }}",
             "--attack-site", "{{ params.attack_site }}",
             "--attack-profile", "{{ params.attack_profile }}",
             "--dag-run-id", "{{ run_id }}",

@@ -120,4 +120,10 @@ def validate(config: Mapping[str, object], strategy: str = DEFAULT_STRATEGY) -> 
     """The run's privacy settings, after checking them and their combination with ``strategy``."""
     settings = PrivacySettings.from_run_config(config)
     check_combination(strategy, settings.mode)
+    family = str(config.get("model-family", "mlp") or "mlp")
+    if settings.mode != NONE and family != "mlp":
+        raise PrivacyCombinationError(
+            f"model family {family!r} cannot run with privacy {settings.mode!r}: its sites send trees, not weight "
+            f"updates, and neither clipping, DP noise nor SecAgg+'s sum applies to a tree; use model family 'mlp'"
+        )
     return settings

@@ -33,12 +33,20 @@ def cmd_fl_start(args: argparse.Namespace, settings: Settings) -> dict:
         from fl.simulation.attacks import AttackProfile
 
         AttackProfile.parse(args.attack_profile)  # a bad profile is named now, not by a failing ClientApp
+    from fl.privacy.modes import PrivacyCombinationError, validate
+
+    try:  # a strategy that cannot run under the privacy mode is refused now, saying why, not by the ServerApp
+        validate({c.PRIVACY_KEY: args.privacy, c.DP_EPSILON_KEY: args.dp_epsilon}, args.strategy)
+    except PrivacyCombinationError as exc:
+        raise SystemExit(f"mledge fl start: {exc}") from None
     config = {
         "num-server-rounds": args.rounds,
         "local-epochs": args.local_epochs,
         "learning-rate": args.learning_rate,
         "min-nodes": args.min_nodes,
         "strategy": args.strategy,
+        c.PRIVACY_KEY: args.privacy,
+        c.DP_EPSILON_KEY: args.dp_epsilon,
         "attack-site": args.attack_site,
         "attack-profile": args.attack_profile,
         "dag-run-id": args.dag_run_id,
@@ -120,6 +128,9 @@ def register(commands: argparse._SubParsersAction) -> None:
     p.add_argument("--learning-rate", type=float, default=c.LEARNING_RATE)
     p.add_argument("--min-nodes", type=int, default=c.MIN_CLIENTS)
     p.add_argument("--strategy", default=c.DEFAULT_STRATEGY, choices=list(c.STRATEGIES), help="aggregation rule")
+    p.add_argument("--privacy", default=c.DEFAULT_PRIVACY, choices=list(c.PRIVACY_MODES),
+                   help="secure aggregation and/or differential privacy (README: Privacy)")
+    p.add_argument("--dp-epsilon", type=float, default=c.DP_EPSILON, help="dp, secagg-dp: the run's target epsilon")
     p.add_argument("--attack-site", default="", help="simulation: the site that attacks in this run")
     p.add_argument("--attack-profile", default="", help="simulation: its attack, e.g. \"attack='scaling'\"")
     p.add_argument("--dag-run-id", default="")

@@ -33,6 +33,7 @@ from mledge.contracts import (
     TAG_MODEL_RUN,
     TAG_MODEL_URI,
     TAG_PREVIOUS_CHAMPION,
+    TAG_PRIVACY,
     TAG_REASON,
     TAG_SITE,
     TAG_STRATEGY,
@@ -186,6 +187,8 @@ def promote(
         TAG_DAG_RUN: tags.get(TAG_DAG_RUN, ""),
         TAG_STRATEGY: tags.get(TAG_STRATEGY, ""),
         TAG_DRIFT_ALERTS: drift_alerts or "none",
+        # the run's privacy mode and (epsilon, delta), when it had one (fl/privacy/server.py)
+        **{k: v for k, v in tags.items() if k == TAG_PRIVACY or k.startswith(f"{TAG_PRIVACY}.")},
     }
 
     global_tags = {**lineage, **{data_window_tag(s): e.data_window for s, e in sites.items() if e.data_window}}

@@ -161,3 +161,9 @@ def test_the_dp_mean_clips_each_update_weighs_sites_equally_and_adds_noise_of_th
     assert np.allclose(aggregate(0.0, 0), clipped, atol=1e-7)
     noise = (aggregate(2.0, 1) - clipped) * 3  # the noise on the sum
     assert np.std(noise) == pytest.approx(2.0 * 1.0, rel=0.05)
+
+
+def test_tree_models_are_refused_under_every_private_mode():
+    with pytest.raises(PrivacyCombinationError, match="not weight updates"):
+        validate({"privacy": "secagg", "model-family": "xgboost"}, "fedavg")
+    assert validate({"privacy": "none", "model-family": "xgboost"}, "fedavg").mode == "none"

@@ -1,16 +1,21 @@
 """concept_drift_evaluation: data and concept drift at every site, where the data live; retraining on confirmed drift.
 
-migrate_platform_db -> registered_sites -> site_names, then per registered site (dynamic task mapping), in a
-mapped task group:
+migrate_platform_db, then per site, in a task group named after it (P: at the platform, S: on the site's own edge
+worker, queue = the site's name; only that machine can read the site's store):
 
-    check_unprocessed -> generate_simulations | skip_generate_simulations -> evaluate_p_value
-        -> determine_conceptdrift -> fl_train | skip_training
+    P state -> S edge_worker -> S check_unprocessed -> S generate_simulations | skip_generate_simulations
+        -> S evaluate_p_value -> S measurements -> P determine_conceptdrift -> S publish_decision
+        -> P fl_train | skip_training
 
-``migrate_platform_db`` creates or upgrades the platform database (``mledge db migrate``, idempotent) once, before
-any site's task reads or writes it. Only statistics, p-values and reports leave a site. ``fl_train`` emits the
-``mledge://axis_failures/drift`` Asset event on which ``federated_training`` is scheduled; with
-``retraining = approval`` the alerts wait on the drift review page instead. Every task runs the workload entry point
-``mledge``; this file only wires.
+``migrate_platform_db`` creates or upgrades the platform database (``mledge db migrate``, idempotent) once.
+``state`` tells the site which batches are decided already and which champion to evaluate (the site cannot read
+the platform database); ``measurements`` sends back statistics and p-values, never a row, and
+``determine_conceptdrift`` corrects them, records alerts and marks batches processed at the platform;
+``publish_decision`` logs the decision's metrics to the site's MLflow drift experiment (Evidently's reports stay at
+the site) and archives the evaluation. ``fl_train`` emits the ``mledge://axis_failures/drift`` Asset event on which
+``federated_training`` is scheduled; with ``retraining = approval`` the alerts wait on the drift review page
+instead. A site whose edge worker is not connected fails its ``edge_worker`` task by name; the others go on.
+Every task runs the workload entry point ``mledge``; this file only wires.
 """
 
 from __future__ import annotations
@@ -19,7 +24,7 @@ import os
 from datetime import timedelta
 
 from airflow.providers.standard.operators.empty import EmptyOperator
-from airflow.sdk import DAG, Param, task, task_group
+from airflow.sdk import DAG, Param, TaskGroup
 from airflow.timetables.trigger import CronTriggerTimetable
 
 from mledge.contracts import (
@@ -29,11 +34,15 @@ from mledge.contracts import (
     MIN_DRIFT_SIMULATIONS,
     RETRAINING_AUTO,
     RETRAINING_MODES,
+    SITES,
     USE_CASE,
 )
-from operators.drift import MledgeBranchOperator, RequestRetrainingOperator
+from operators.drift import RESULT_KEY, MledgeBranchOperator, RequestRetrainingOperator
 from operators.mledge import MledgeOperator
+from operators.notifiers import DriftAlertNotifier, RunFailedNotifier
+from operators.sites import WORKER_WAIT_S, EdgeWorkerSensor, at_site
 
+WORKER_WAIT = int(os.environ.get("MLEDGE_EDGE_WORKER_WAIT_S") or WORKER_WAIT_S)
 JOIN = "none_failed_min_one_success"  # run after whichever branch ran
 
 
@@ -72,44 +81,62 @@ with DAG(
     },
     tags=["mledge", USE_CASE, "drift"],
     doc_md=__doc__,
+    on_failure_callback=RunFailedNotifier(),  # mail (operators/notifiers.py; MLEDGE_NOTIFY_EMAIL)
 ) as dag:
     migrate_platform_db = MledgeOperator(task_id="migrate_platform_db", arguments=["db", "migrate"])
-    registered = MledgeOperator(task_id="registered_sites", arguments=["drift", "sites"])
-    migrate_platform_db >> registered
 
-    @task
-    def site_names(answer: list[str]) -> list[str]:
-        """The registered sites, as a plain list to map over (``mledge drift sites`` answers one)."""
-        return list(answer)
+    for site in SITES:
+        with TaskGroup(group_id=site):
+            # XCom of a sibling task, as the JSON argument of the next step (statistics only, never a row).
+            state = f"{{{{ ti.xcom_pull(task_ids='{site}.state') | tojson }}}}"
+            measured = f"{{{{ ti.xcom_pull(task_ids='{site}.measurements') | tojson }}}}"
+            decided = f"{{{{ ti.xcom_pull(task_ids='{site}.determine_conceptdrift', key='{RESULT_KEY}') | tojson }}}}"
 
-    @task_group(group_id="site")
-    def evaluate_site(site: str) -> None:
-        check_unprocessed = MledgeBranchOperator(
-            task_id="check_unprocessed",
-            arguments=["drift", "check-unprocessed", "--site", site],
-            decide=_has_unprocessed,
-            if_true="generate_simulations",
-            if_false="skip_generate_simulations",
-        )
-        generate_simulations = MledgeOperator(
-            task_id="generate_simulations",
-            arguments=["drift", "simulate", "--site", site, "--simulations", "{{ params.simulations }}"],
-        )
-        skip_generate_simulations = EmptyOperator(task_id="skip_generate_simulations")
-        evaluate_p_value = MledgeOperator(
-            task_id="evaluate_p_value", arguments=["drift", "p-value", "--site", site], trigger_rule=JOIN
-        )
-        determine_conceptdrift = MledgeBranchOperator(
-            task_id="determine_conceptdrift",
-            arguments=["drift", "decide", "--site", site],
-            decide=_retrain_now,
-            if_true="fl_train",
-            if_false="skip_training",
-        )
-        fl_train = RequestRetrainingOperator(task_id="fl_train", decision_task_id="determine_conceptdrift")
-        skip_training = EmptyOperator(task_id="skip_training")
+            platform_state = MledgeOperator(task_id="state", arguments=["drift", "state", "--site", site])
+            edge_worker = EdgeWorkerSensor(task_id="edge_worker", site=site, timeout=WORKER_WAIT)
+            check_unprocessed = MledgeBranchOperator(
+                task_id="check_unprocessed",
+                arguments=["drift", "check-unprocessed", "--site", site, "--state", state],
+                decide=_has_unprocessed,
+                if_true="generate_simulations",
+                if_false="skip_generate_simulations",
+                **at_site(site),
+            )
+            generate_simulations = MledgeOperator(
+                task_id="generate_simulations",
+                arguments=[
+                    "drift", "simulate", "--site", site, "--simulations", "{{ params.simulations }}",
+                    "--state", state,
+                ],
+                **at_site(site),
+            )
+            skip_generate_simulations = EmptyOperator(task_id="skip_generate_simulations")
+            evaluate_p_value = MledgeOperator(
+                task_id="evaluate_p_value", arguments=["drift", "p-value", "--site", site], trigger_rule=JOIN,
+                **at_site(site),
+            )
+            measurements = MledgeOperator(
+                task_id="measurements", arguments=["drift", "measurements", "--site", site, "--state", state],
+                **at_site(site),
+            )
+            determine_conceptdrift = MledgeBranchOperator(
+                task_id="determine_conceptdrift",
+                arguments=["drift", "decide", "--site", site, "--measurements", measured],
+                decide=_retrain_now,
+                if_true="fl_train",
+                if_false="skip_training",
+                always=["publish_decision"],
+                on_success_callback=DriftAlertNotifier(),  # mail new confirmed drift (MLEDGE_NOTIFY_EMAIL)
+            )
+            publish_decision = MledgeOperator(
+                task_id="publish_decision",
+                arguments=["drift", "publish", "--site", site, "--decision", decided],
+                **at_site(site),
+            )
+            fl_train = RequestRetrainingOperator(task_id="fl_train", decision_task_id="determine_conceptdrift")
+            skip_training = EmptyOperator(task_id="skip_training")
 
-        check_unprocessed >> [generate_simulations, skip_generate_simulations] >> evaluate_p_value
-        evaluate_p_value >> determine_conceptdrift >> [fl_train, skip_training]
-
-    evaluate_site.expand(site=site_names(registered.output))
+            migrate_platform_db >> platform_state >> edge_worker >> check_unprocessed
+            check_unprocessed >> [generate_simulations, skip_generate_simulations] >> evaluate_p_value
+            evaluate_p_value >> measurements >> determine_conceptdrift >> [fl_train, skip_training]
+            determine_conceptdrift >> publish_decision

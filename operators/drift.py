@@ -29,7 +29,8 @@ def _in_group(operator: Any, task_id: str) -> str:
 class MledgeBranchOperator(BaseBranchOperator):
     """Run one ``mledge`` command, keep its JSON as XCom ``result``, and follow ``if_true`` or ``if_false``.
 
-    ``decide(result, context)`` says which branch; the other one is skipped (for this map index only).
+    ``decide(result, context)`` says which branch; the other one is skipped (for this map index only). ``always``:
+    downstream tasks followed whichever branch is taken.
     """
 
     template_fields: Sequence[str] = ("arguments",)
@@ -42,20 +43,24 @@ class MledgeBranchOperator(BaseBranchOperator):
         decide: Callable[[dict, Any], bool],
         if_true: str,
         if_false: str,
+        always: Sequence[str] = (),
         executable: str | None = None,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
         self.arguments = list(arguments)
         self.decide, self.if_true, self.if_false = decide, if_true, if_false
+        self.always = list(always)
         self.executable = executable
 
-    def choose_branch(self, context: Any) -> str:
+    def choose_branch(self, context: Any) -> str | list[str]:
         result = MledgeHook(self.executable).run(self.arguments) or {}
         context["ti"].xcom_push(key=RESULT_KEY, value=result)
         branch = self.if_true if self.decide(result, context) else self.if_false
         self.log.info("Following %s", branch)
-        return _in_group(self, branch)
+        if not self.always:
+            return _in_group(self, branch)
+        return [_in_group(self, task_id) for task_id in (branch, *self.always)]
 
 
 class RequestRetrainingOperator(MledgeOperator):

@@ -178,6 +178,20 @@ def finished(platform: Platform, dag_id: str, run_id: str) -> tuple[str, dict[st
     return run["state"], tasks
 
 
+def failed_logs(platform: Platform, dag_id: str, run_id: str, tasks: Mapping[str, str], tail: int = 3000) -> str:
+    """The end of each failed (or retried, or never finished) task's log: what an assertion message should show."""
+    client, out = platform.airflow(), []
+    for task, state in tasks.items():
+        if state in ("success", "skipped") or "[" in task:
+            continue
+        try:
+            text = client.task_log(dag_id, run_id, task)
+        except Exception as exc:  # the log itself may be what is missing
+            text = f"(no log: {exc})"
+        out.append(f"--- {task} ({state}) ---\n{text[-tail:]}")
+    return "\n".join(out)
+
+
 def training_xcom(platform: Platform, run_id: str, state: str, tasks: dict[str, str]) -> dict:
     assert state == "success", f"{run_id}: {tasks}\n{platform.logs()}"
     client = platform.airflow()

@@ -22,6 +22,7 @@ from conftest import (
     SITES,
     Platform,
     drift_alerts,
+    failed_logs,
     finished,
     known_secrets,
     run_dag,
@@ -137,7 +138,8 @@ def test_collection_quarantines_a_malformed_batch_and_the_run_says_so(platform):
     run_id, state, tasks = run_dag(platform, "data_collection", {"rows": 1000})
     assert state == "failed", tasks
     assert tasks["check_quarantine"] == "failed"
-    assert all(tasks[f"{site}.collect"] == "success" for site in SITES)
+    assert all(tasks[f"{site}.collect"] == "success" for site in SITES), (
+        tasks, failed_logs(platform, "data_collection", run_id, tasks))
     quarantine = platform.sites / "plant_c" / "quarantine"
     assert (quarantine / "mes-export-0001.csv").read_bytes() == content  # moved, never changed or dropped
     reason = json.loads(next(quarantine.glob("mes-export-0001.csv*.json")).read_text())
@@ -190,6 +192,16 @@ def test_site_tasks_ran_on_their_own_sites_edge_worker(platform):
         assert (collect["queue"], collect["executor"]) == (site, "EdgeExecutor"), collect
         assert collect["hostname"] == f"edge-{site}", collect  # the site's worker ran it, no other
     assert instances["check_quarantine"]["queue"] == "default"  # the platform's task, at the platform
+    # The drift evaluation: every step that reads a site's store ran on that site's worker, the decision at the
+    # platform (the drift test above ran it).
+    run = client.runs("concept_drift_evaluation", state="success", limit=1)[0]
+    instances = {t["task_id"]: t for t in client.task_instances("concept_drift_evaluation", run["dag_run_id"])}
+    for site in SITES:
+        for step in ("check_unprocessed", "evaluate_p_value", "measurements", "publish_decision"):
+            task = instances[f"{site}.{step}"]
+            assert (task["queue"], task["hostname"]) == (site, f"edge-{site}"), task
+        for step in ("state", "determine_conceptdrift"):
+            assert instances[f"{site}.{step}"]["queue"] == "default", instances[f"{site}.{step}"]
 
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="own Unix users need root (CI runs as root)")

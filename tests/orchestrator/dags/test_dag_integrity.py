@@ -132,31 +132,42 @@ def test_a_cron_schedule_adds_to_the_asset_schedule(monkeypatch):
 
 
 def test_concept_drift_evaluation_shape(dagbag):
-    """The steps of the seed documents' concept-drift process, per site in a mapped task group."""
+    """The steps of the seed documents' concept-drift process, per site in a task group named after it: what reads
+    the site's store runs on the site's edge worker, what reads the platform database at the platform."""
+    from mledge.contracts import SITE_EXECUTOR
+
     dag = dagbag.dags["concept_drift_evaluation"]
-    g = "site."
+    at_site = {"check_unprocessed", "generate_simulations", "evaluate_p_value", "measurements", "publish_decision"}
+    at_platform = {"state", "determine_conceptdrift", "fl_train"}
     edges = {
+        "state": {"edge_worker"},
+        "edge_worker": {"check_unprocessed"},
         "check_unprocessed": {"generate_simulations", "skip_generate_simulations"},
         "generate_simulations": {"evaluate_p_value"},
         "skip_generate_simulations": {"evaluate_p_value"},
-        "evaluate_p_value": {"determine_conceptdrift"},
-        "determine_conceptdrift": {"fl_train", "skip_training"},
+        "evaluate_p_value": {"measurements"},
+        "measurements": {"determine_conceptdrift"},
+        "determine_conceptdrift": {"fl_train", "skip_training", "publish_decision"},
     }
-    for task, downstream in edges.items():
-        assert dag.get_task(g + task).downstream_task_ids == {g + d for d in downstream}
-    # One migrate step, upstream of everything; the mapped group starts at check_unprocessed.
+    for site in contracts.SITES:
+        g = f"{site}."
+        for task, downstream in edges.items():
+            assert dag.get_task(g + task).downstream_task_ids == {g + d for d in downstream}
+        for task in at_site:
+            assert (dag.get_task(g + task).queue, dag.get_task(g + task).executor) == (site, SITE_EXECUTOR), task
+        for task in at_platform:
+            assert dag.get_task(g + task).queue != site and dag.get_task(g + task).executor != SITE_EXECUTOR, task
+        assert dag.get_task(g + "state").upstream_task_ids == {"migrate_platform_db"}
+        # Each site step hears of the platform only through its sibling's XCom, never another site's.
+        assert f"'{site}.state'" in " ".join(dag.get_task(g + "check_unprocessed").arguments)
+        assert f"'{site}.measurements'" in " ".join(dag.get_task(g + "determine_conceptdrift").arguments)
+        assert [a.uri for a in dag.get_task(g + "fl_train").outlets] == ["mledge://axis_failures/drift"]
+        assert dag.get_task(g + "evaluate_p_value").trigger_rule == "none_failed_min_one_success"
     assert dag.get_task("migrate_platform_db").arguments == ["db", "migrate"]
     assert dag.get_task("migrate_platform_db").upstream_task_ids == set()
-    assert dag.get_task("registered_sites").upstream_task_ids == {"migrate_platform_db"}
-    assert dag.get_task("site_names").upstream_task_ids == {"registered_sites"}
-    assert dag.get_task(g + "check_unprocessed").upstream_task_ids == {"site_names"}
-    assert not [t for t in dag.task_ids if "create_table" in t]
     for task_id in dag.task_ids:
         if task_id != "migrate_platform_db":
             assert "migrate_platform_db" in {t.task_id for t in dag.get_task(task_id).get_flat_relatives(upstream=True)}
-    assert dag.get_task(g + "evaluate_p_value").trigger_rule == "none_failed_min_one_success"
-    assert [a.uri for a in dag.get_task(g + "fl_train").outlets] == ["mledge://axis_failures/drift"]
-    assert type(dag.task_group_dict["site"]).__name__ == "MappedTaskGroup"
     assert dag.params["retraining"] in contracts.RETRAINING_MODES
     assert _schema(dag, "retraining")["enum"] == list(contracts.RETRAINING_MODES)
     simulations = _schema(dag, "simulations")

@@ -157,7 +157,7 @@ def site_owns(site_home: Path, *paths: Path) -> None:
     owner = site_home.stat()
     for path in paths:
         os.chown(path, owner.st_uid, owner.st_gid)
-        os.chmod(path, 0o600)
+        os.chmod(path, 0o700 if path.is_dir() else 0o600)  # a folder needs its x bit to be entered
 
 
 def run_dag(platform: Platform, dag_id: str, conf: dict) -> tuple[str, str, dict[str, str]]:

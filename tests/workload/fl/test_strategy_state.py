@@ -4,6 +4,8 @@ pick up where an earlier run (an earlier strategy object) left off."""
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 import uuid
 
 import numpy as np
@@ -11,7 +13,8 @@ import pytest
 import sqlalchemy as sa
 
 from fl.simulation.harness import make_reply, run_round, to_arrayrecord
-from fl.strategies import FedQV, ReputationResidual, SiteStateStore
+from fl.strategies import FedQV, MemoryStateStore, ReputationResidual, SiteStateStore
+from fl.strategies.state import RoundState, StateBusyError
 
 POSTGRES = "postgresql+psycopg2://postgres@127.0.0.1:5432"
 
@@ -124,3 +127,65 @@ def test_reputation_histories_carry_over_and_are_keyed_by_site_not_node(tmp_path
     assert all(len(h["history"]) == 2 for h in histories.values())
     assert max(histories["plant-d"]["history"]) < 0.1 < min(histories["plant-a"]["history"])
     assert later.last_weights["plant-d"] == 0.0
+
+
+def test_a_rounds_state_is_written_only_when_the_round_is_accepted():
+    """FedQV spends budgets while it aggregates; the ServerApp may still reject the round: then nothing is kept."""
+    store = MemoryStateStore()
+    staged = RoundState(store)
+    strategy = FedQV(state=staged)
+    run_round(strategy, *unit_circle_round([0.0, 0.5, 1.0]), 1)
+    assert store.all("fedqv") == {}  # not yet accepted
+    spent = staged.all("fedqv")
+    assert set(spent) == {"s0", "s1", "s2"} and staged.load("fedqv", "s0") == spent["s0"]
+    staged.discard()
+    assert staged.all("fedqv") == {} == store.all("fedqv")
+
+    run_round(strategy, *unit_circle_round([0.0, 0.5, 1.0]), 1)
+    staged.commit()
+    assert store.all("fedqv") == spent  # the same round, accepted this time: exactly its budgets
+    with pytest.raises(ValueError):
+        staged.save("fedqv", "s0", {"budget": float("nan")})  # refused when staged, not later at commit
+
+
+def test_one_run_at_a_time_owns_a_strategys_state_in_an_sqlite_file(tmp_path):
+    url = f"sqlite:///{tmp_path / 'platform.db'}"
+    first, second = SiteStateStore(url), SiteStateStore(url)
+    lease = first.lease("fedqv")
+    with pytest.raises(StateBusyError, match="'fedqv' is owned by another run"):
+        second.lease("fedqv", wait_s=0)
+    second.lease("reputation-residual").release()  # another strategy's state is not held
+    lease.release()
+    second.lease("fedqv").release()
+
+
+def test_a_crashed_run_leaves_no_lock_behind(tmp_path):
+    """The lock belongs to the process: a ServerApp killed mid-run releases it with its life."""
+    url = f"sqlite:///{tmp_path / 'platform.db'}"
+    holder = subprocess.Popen(
+        [sys.executable, "-c", "import sys, time\nfrom fl.strategies import SiteStateStore\n"
+         f"lease = SiteStateStore({url!r}).lease('fedqv')\nprint('held', flush=True)\ntime.sleep(600)\n"],
+        stdout=subprocess.PIPE, text=True,
+    )
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        with pytest.raises(StateBusyError):
+            SiteStateStore(url).lease("fedqv")
+    finally:
+        holder.kill()
+        holder.wait()
+    SiteStateStore(url).lease("fedqv").release()
+
+
+def test_postgresql_lease(postgres_url):
+    first, second = SiteStateStore(postgres_url), SiteStateStore(postgres_url)
+    try:
+        lease = first.lease("fedqv")
+        with pytest.raises(StateBusyError):
+            second.lease("fedqv")
+        second.lease("mledge-robust").release()
+        lease.release()
+        second.lease("fedqv").release()
+    finally:
+        first.dispose()
+        second.dispose()

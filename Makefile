@@ -90,5 +90,8 @@ bench-drift: setup ## detection delay and false alarms per drift scenario, evalu
 bench-costs: setup ## 1,000,000 FOCUS 1.2 rows (Parquet) into SQLite and PostgreSQL, re-ingested (unchanged, re-issued), against a naive ORM insert
 	$(WL)/bin/python -m bench.costs
 
+bench-privacy: setup ## accuracy, seconds per round and bytes per site of each privacy mode against none (digits, 20 clients; the axis_failures sites), one site lost mid-round under secagg
+	$(WL)/bin/python -m bench.privacy
+
 bench-chaos: setup ## faults injected into the running stack (tests/e2e/test_resilience_e2e.py): outcome and recovery time per fault
 	MLEDGE_CHAOS_RESULTS=$(CURDIR)/bench/results/chaos.json $(WL)/bin/python -m pytest -q -m e2e tests/e2e/test_resilience_e2e.py

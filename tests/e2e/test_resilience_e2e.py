@@ -23,6 +23,7 @@ from conftest import BIN, DAG_ID, SITES, Platform, finished, running_stack, stac
 from mledge.contracts import GLOBAL_MODEL
 
 pytestmark = pytest.mark.e2e
+REPO = Path(__file__).resolve().parents[2]
 
 RESULTS: list[dict] = []
 TRAINING = {"rounds": 2, "min_clients": 2, "node_wait_timeout_s": 120}
@@ -293,3 +294,82 @@ def run_collect(platform: Platform, run_id: str, env: dict[str, str]) -> subproc
         [str(BIN / "mledge"), "drift", "collect", "--site", "plant_a", "--rows", "200", "--run-id", run_id],
         env=env, capture_output=True, text=True, timeout=300,
     )
+
+
+# --- billing deliveries -------------------------------------------------------------------------------------
+
+BILLING_SAMPLE = REPO / "costs" / "samples" / "gcp" / "focus_export_20261022_20261120.csv"
+
+
+def ingest_billing(platform: Platform, sources: Path) -> tuple[subprocess.CompletedProcess, dict]:
+    """`mledge costs ingest` of the test's source into the stack's cost store, as the platform's own user."""
+    argv = [str(BIN / "mledge"), "--json", "costs", "ingest", "--source", "chaos-gcp", "--from", "2026-10-01",
+            "--to", "2026-12-01"]
+    owner = platform.platform_home.stat().st_uid
+    if os.geteuid() == 0 and owner != 0:  # as root, the cost store is the platform user's: act as that user
+        import pwd
+
+        argv = ["runuser", "-u", pwd.getpwuid(owner).pw_name, "--", *argv]
+    done = subprocess.run(argv, env={**platform.env, "MLEDGE_COST_SOURCES": str(sources)}, capture_output=True,
+                          text=True, timeout=600)
+    try:  # the JSON summary comes first on stdout, on failure too
+        summary = json.JSONDecoder().raw_decode(done.stdout.lstrip())[0] if done.stdout.strip() else {}
+    except ValueError:
+        summary = {}
+    return done, summary
+
+
+def deliver(folder: Path, name: str, text: str, mtime: float) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    os.chmod(folder, 0o755)
+    path = folder / name
+    path.write_text(text)
+    os.chmod(path, 0o644)
+    os.utime(path, (mtime, mtime))
+    return path
+
+
+def test_overlapping_and_empty_billing_deliveries_lose_and_double_nothing(platform):
+    """A re-run export of another period that overlaps, and a newer header-only export of the same period: the
+    days they touch fail naming the files, the stored rows stay exactly as they were; removing the bad delivery
+    and running again restores the same rows, once."""
+    billing = platform.home / "billing"
+    sources = deliver(billing, "sources.toml", f'[[source]]\nname = "chaos-gcp"\nkind = "focus_files"\n'
+                      f'provider = "Google Cloud"\npaths = ["{billing}/exports/**/*.csv"]\n', time.time())
+    sample = BILLING_SAMPLE.read_text()
+    deliver(billing / "exports" / "2026-10", "focus_export_20261022_20261120.csv", sample, time.time() - 3600)
+    done, summary = ingest_billing(platform, sources)
+    assert done.returncode == 0, done.stderr[-2000:]
+    stored = cost_rows(platform).get("chaos-gcp", 0)
+    assert stored > 0, summary
+    done, _ = ingest_billing(platform, sources)  # the same delivery again: replaced exactly, not added
+    assert done.returncode == 0 and cost_rows(platform)["chaos-gcp"] == stored
+
+    # A delivery of another period that shares days with the first one.
+    started = time.monotonic()
+    late = deliver(billing / "exports" / "late", "focus_export_20261110_20261209.csv", sample, time.time())
+    done, summary = ingest_billing(platform, sources)
+    assert done.returncode != 0, summary
+    message = done.stdout + done.stderr
+    assert "overlap" in message and late.name in message and "focus_export_20261022_20261120.csv" in message
+    assert cost_rows(platform)["chaos-gcp"] == stored  # nothing lost, nothing added
+    late.unlink()
+    done, _ = ingest_billing(platform, sources)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert cost_rows(platform)["chaos-gcp"] == stored
+    record("overlapping billing delivery", "failed naming both files, completed after the fix", started)
+
+    # A newer export of the same period with a header and no rows: it must not replace the month with nothing.
+    started = time.monotonic()
+    header = sample.splitlines()[0] + "\n"
+    empty = deliver(billing / "exports" / "2026-10-rerun", "focus_export_20261022_20261120.csv", header, time.time())
+    done, summary = ingest_billing(platform, sources)
+    assert done.returncode != 0, summary
+    assert "a header and no rows" in done.stderr and "2026-10-rerun" in done.stderr, done.stderr[-2000:]
+    assert summary.get("rows") == 0, summary
+    assert cost_rows(platform)["chaos-gcp"] == stored
+    empty.unlink()
+    done, _ = ingest_billing(platform, sources)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert cost_rows(platform)["chaos-gcp"] == stored
+    record("empty billing delivery", "failed naming the delivery, rows kept, completed after the fix", started)

@@ -99,8 +99,15 @@ def drift_evaluated(stack) -> list[dict]:
     for _ in range(2):
         stack.json("drift", "collect", "--site", DRIFT_SITE)
     stack.json("db", "migrate")
-    for step in (["check-unprocessed"], ["simulate", "--simulations", "200"], ["p-value"], ["decide"]):
-        stack.json("drift", *step, "--site", DRIFT_SITE)
+    # As the DAG runs it: the platform's state to the site, the site's statistics to the platform, and back.
+    site = ["--site", DRIFT_SITE]
+    state = json.dumps(stack.json("drift", "state", *site))
+    for step in (["check-unprocessed", "--state", state], ["simulate", "--simulations", "200", "--state", state],
+                 ["p-value"]):
+        stack.json("drift", *step, *site)
+    measured = json.dumps(stack.json("drift", "measurements", *site, "--state", state))
+    decided = json.dumps(stack.json("drift", "decide", *site, "--measurements", measured))
+    stack.json("drift", "publish", *site, "--decision", decided)
     evaluations = stack.json("drift", "alerts", "--json")
     assert [a for a in evaluations if a["site"] == DRIFT_SITE], evaluations
     return evaluations

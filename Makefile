@@ -87,6 +87,9 @@ bench-speed: setup ## one aggregate_train per strategy against a NumPy weighted 
 bench-drift: setup ## detection delay and false alarms per drift scenario, evaluation time against bare Evidently
 	$(WL)/bin/python -m bench.drift
 
+bench-model: setup ## failure-class F1, recall, precision of each model family: federated vs central vs each site alone, 3 new seeds (bench/results/model.md)
+	$(WL)/bin/python -m bench.model
+
 bench-costs: setup ## 1,000,000 FOCUS 1.2 rows (Parquet) into SQLite and PostgreSQL, re-ingested (unchanged, re-issued), against a naive ORM insert
 	$(WL)/bin/python -m bench.costs
 

@@ -26,12 +26,14 @@ from airflow.sdk import DAG, AssetOrTimeSchedule, Param
 from airflow.timetables.trigger import CronTriggerTimetable
 
 from mledge.contracts import (
+    DEFAULT_MODEL_FAMILY,
     DEFAULT_PRIVACY,
     DEFAULT_STRATEGY,
     DP_EPSILON,
     LEARNING_RATE,
     LOCAL_EPOCHS,
     MIN_CLIENTS,
+    MODEL_FAMILIES,
     NODE_WAIT_TIMEOUT_S,
     PRIVACY_MODES,
     ROUNDS,
@@ -67,11 +69,22 @@ with DAG(
         "node_wait_timeout_s": Param(
             NODE_WAIT_TIMEOUT_S, type="integer", minimum=1, maximum=3600, description="How long to wait for them"
         ),
-        "rounds": Param(ROUNDS, type="integer", minimum=1, maximum=100, description="Federated rounds"),
+        "rounds": Param(
+            ROUNDS, type="integer", minimum=1, maximum=100,
+            description="Most federated rounds (a run stops earlier once the sites' validation loss stops improving)",
+        ),
         "local_epochs": Param(
             LOCAL_EPOCHS, type="integer", minimum=1, maximum=50, description="Epochs per round at a site"
         ),
         "learning_rate": Param(LEARNING_RATE, type="number", exclusiveMinimum=0),
+        "model_family": Param(
+            DEFAULT_MODEL_FAMILY,
+            type="string",
+            enum=list(MODEL_FAMILIES),
+            values_display=dict(MODEL_FAMILIES),
+            description="The project's model family (xgboost takes strategy fedavg: Flower's FedXgbBagging; "
+            "robust rules apply to mlp only)",
+        ),
         "strategy": Param(
             DEFAULT_STRATEGY,
             type="string",
@@ -134,6 +147,7 @@ with DAG(
             "--learning-rate", "{{ params.learning_rate }}",
             "--min-nodes", "{{ params.min_clients }}",
             "--strategy", "{{ params.strategy }}",
+            "--model-family", "{{ params.model_family }}",
             "--privacy", "{{ params.privacy }}",
             "--dp-epsilon", "{{ params.dp_epsilon }}",
             "--attack-site", "{{ params.attack_site }}",

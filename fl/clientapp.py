@@ -27,6 +27,7 @@ from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, 
 from flwr.clientapp import ClientApp
 from flwr.clientapp.typing import ClientAppCallable
 
+from fl import trees
 from fl.privacy.client import privacy_mod
 from fl.simulation.attacks import AttackProfile
 from mledge.contracts import (
@@ -35,9 +36,12 @@ from mledge.contracts import (
     COMPUTE_KEY,
     CONFIG_KEY,
     METRICS_KEY,
+    MLP,
+    MODEL_FAMILY_KEY,
     SITE_CHAMPION_KEY,
     SITE_KEY,
     WINDOW_KEY,
+    XGBOOST,
 )
 from mledge.onsite import trainer_client
 from mledge.onsite.trainer_client import Deferred
@@ -45,6 +49,7 @@ from mledge.onsite.trainer_client import Deferred
 # Loaded on first use (the trainer loads them at its start): this process usually only forwards.
 torch = Deferred("torch")
 training = Deferred("mledge.onsite.training")
+tree_training = Deferred("mledge.onsite.tree_training")
 store = Deferred("mledge.onsite.store")
 
 log = logging.getLogger("flwr").getChild("mledge.site")
@@ -101,8 +106,18 @@ def _site_record(site: str) -> ConfigRecord:
     return ConfigRecord({SITE_KEY: site})
 
 
-def _state(msg: Message, key: str) -> dict[str, torch.Tensor] | None:
-    return msg.content[key].to_torch_state_dict() if key in msg.content else None
+def _state(msg: Message, key: str) -> dict | None:
+    """A model sent along (a champion, of either family): a torch state dict or the booster's ``{"0": bytes}``."""
+    if key not in msg.content:
+        return None
+    record = msg.content[key]
+    if trees.is_tree_record(record):
+        return {trees.TREE_KEY: record[trees.TREE_KEY].numpy()}
+    return record.to_torch_state_dict()
+
+
+def _tree_record(raw: bytes) -> ArrayRecord:
+    return ArrayRecord([trees.to_array(raw)])
 
 
 @app.query()
@@ -117,6 +132,14 @@ def train(msg: Message, context: Context) -> Message:
     started = time.perf_counter()
     site = site_of(context)
     config = msg.content[CONFIG_KEY]
+    if str(config.get(MODEL_FAMILY_KEY, MLP)) == XGBOOST:
+        raw, values = tree_training.train_round(
+            data_dir(context, site), site, trees.to_bytes(msg.content[ARRAYS_KEY][trees.TREE_KEY]),
+            local_rounds=int(config["local-rounds"]),
+        )
+        values[COMPUTE_KEY] = time.perf_counter() - started
+        content = {ARRAYS_KEY: _tree_record(raw), METRICS_KEY: MetricRecord(values), SITE_KEY: _site_record(site)}
+        return Message(RecordDict(content), reply_to=msg)
     sent, values = training.train_round(
         data_dir(context, site),
         site,
@@ -125,6 +148,7 @@ def train(msg: Message, context: Context) -> Message:
         lr=float(config["learning-rate"]),
         server_round=int(config.get("server-round", 0)),
         attack=attack_profile(context, site),
+        class_weight=float(config.get("class-weight", training.CLASS_WEIGHT_CAP)),
     )
     arrays = ArrayRecord({k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in sent.items()})
     values[COMPUTE_KEY] = time.perf_counter() - started
@@ -138,7 +162,27 @@ def finalise(msg: Message, context: Context) -> Message:
     started = time.perf_counter()
     site = site_of(context)
     config = msg.content[CONFIG_KEY]
-    personal, values, window = training.finalise(
+    if str(config.get(MODEL_FAMILY_KEY, MLP)) == XGBOOST:
+        raw, values, window = tree_training.finalise(
+            data_dir(context, site), site, trees.to_bytes(msg.content[ARRAYS_KEY][trees.TREE_KEY]),
+            _state(msg, CHAMPION_KEY), _state(msg, SITE_CHAMPION_KEY),
+            personal_rounds=int(config["personal-rounds"]), recent_batches=int(config["recent-batches"]),
+        )
+        personal = _tree_record(raw)
+    else:
+        personal, values, window = _finalise_mlp(msg, config, context, site)
+    values[COMPUTE_KEY] = time.perf_counter() - started
+    content = {
+        ARRAYS_KEY: ArrayRecord(personal) if isinstance(personal, dict) else personal,
+        METRICS_KEY: MetricRecord(values),
+        SITE_KEY: _site_record(site),
+        WINDOW_KEY: ConfigRecord(window),
+    }
+    return Message(RecordDict(content), reply_to=msg)
+
+
+def _finalise_mlp(msg: Message, config: ConfigRecord, context: Context, site: str) -> tuple:
+    return training.finalise(
         data_dir(context, site),
         site,
         msg.content[ARRAYS_KEY].to_torch_state_dict(),
@@ -147,12 +191,5 @@ def finalise(msg: Message, context: Context) -> Message:
         lr=float(config["learning-rate"]),
         personal_epochs=int(config["personal-epochs"]),
         recent_batches=int(config["recent-batches"]),
+        class_weight=float(config.get("class-weight", training.CLASS_WEIGHT_CAP)),
     )
-    values[COMPUTE_KEY] = time.perf_counter() - started
-    content = {
-        ARRAYS_KEY: ArrayRecord(personal),
-        METRICS_KEY: MetricRecord(values),
-        SITE_KEY: _site_record(site),
-        WINDOW_KEY: ConfigRecord(window),
-    }
-    return Message(RecordDict(content), reply_to=msg)

@@ -199,14 +199,23 @@ def _counts(prefix: str = "") -> tuple[str, ...]:
     return tuple(counts_record(ZERO, prefix))
 
 
+def _threshold_counts() -> tuple[str, ...]:
+    from fl.thresholds import GRID, count_key
+
+    return tuple(count_key(i, k) for i in range(len(GRID)) for k in ("tp", "fp", "fn"))
+
+
 WHAT_LEAVES_A_SITE: tuple[Disclosure, ...] = (
     Disclosure("Flower reply to `query`", "site", ("site",), "the site's name (checked against its node key)"),
     Disclosure("Flower reply to `train`", "arrays", ("*",), "the received global model after local training"),
     Disclosure(
         "Flower reply to `train`", "metrics",
-        (*_counts(), "eval-examples", "train-loss", "num-examples", COMPUTE_KEY),
-        "confusion counts and loss sum of the received model on the held-out rows and their number; the last "
-        "epoch's mean training loss; training rows; compute seconds",
+        (*_counts(), "eval-examples", "train-loss", "num-examples", COMPUTE_KEY, "val-loss-sum", "val-examples",
+         *_threshold_counts()),
+        "confusion counts and loss sum of the received model on the held-out rows and their number; its loss sum "
+        "on the validation rows, their number and its true/false positives and false negatives there at each of "
+        "19 candidate decision thresholds (fl/thresholds.py); the last epoch's mean training loss; training rows; "
+        "compute seconds",
     ),
     Disclosure("Flower reply to `train`", "site", ("site",), "the site's name"),
     Disclosure("Flower reply to `train.finalise`", "arrays", ("*",), "the site's personalised model"),
@@ -254,4 +263,8 @@ def _keys_text(keys: tuple[str, ...]) -> str:
                 if set(_counts(p)) <= set(keys)]
     grouped = {k for p in prefixes for k in _counts(p)}
     parts = [f"counts `{p}{{{','.join(_counts())}}}`" for p in prefixes]
+    grid = _threshold_counts()
+    if set(grid) <= set(keys):
+        grouped |= set(grid)
+        parts.append(f"counts `val-t{{00..{len(grid) // 3 - 1}}}-{{tp,fp,fn}}`")
     return ", ".join(parts + [f"`{k}`" for k in keys if k not in grouped])

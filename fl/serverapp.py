@@ -31,12 +31,15 @@ from flwr.app import ArrayRecord, ConfigRecord, Context, Message, RecordDict
 from flwr.serverapp import Grid, ServerApp
 from tenacity import retry, stop_after_attempt, wait_exponential
 
+from fl import families, trees
+from fl.convergence import EarlyStopping, pooled_validation
 from fl.grid import PromptGrid
-from fl.model import build_model
+from fl.model import model_from_state
 from fl.outbox import GLOBAL, Outbox, outbox_dir
 from fl.privacy.server import apply_privacy
 from fl.protocol import ZERO, PromotionEvidence, SiteEvidence, counts_from, metric_problems, metrics_from_counts
 from fl.strategies import AggregationStrategy, SiteStateStore, build_strategy
+from fl.tree_strategy import tree_strategy
 from mledge.contracts import (
     ARRAYS_KEY,
     CHAMPION_KEY,
@@ -48,16 +51,18 @@ from mledge.contracts import (
     MSG_FINALISE,
     MSG_QUERY,
     NUM_EXAMPLES_KEY,
-    PERSONAL_EPOCHS,
-    RECENT_BATCHES,
+    PATIENCE,
     SITE_CHAMPION_KEY,
     SITE_KEY,
     SUPERNODE_REGISTRY,
     TAG_DAG_RUN,
     TAG_FAILED_SITES,
     TAG_FLOWER_RUN,
+    TAG_MODEL_FAMILY,
     TAG_STRATEGY,
+    TAG_THRESHOLD,
     WINDOW_KEY,
+    XGBOOST,
     mledge_home,
     platform_db_url,
     site_model_name,
@@ -263,13 +268,14 @@ def train_rounds(
     arrays: ArrayRecord,
     *,
     rounds: int,
-    train_config: ConfigRecord,
+    train_config: ConfigRecord | Callable[[int], ConfigRecord],
     min_replies: int,
     timeout: float,
     sink: MetricSink,
     registered: Mapping[int, str] | None = None,
     node_wait: float = 60.0,
     clock: Callable[[], float] = time.monotonic,
+    stopping: EarlyStopping | None = None,
 ) -> TrainResult:
     """Step 1: ``rounds`` federated rounds from ``arrays``; fails when fewer than ``min_replies`` sites count.
 
@@ -277,6 +283,9 @@ def train_rounds(
     the connected sites are awaited ``node_wait`` seconds at most (Flower's own sampling would wait forever for
     its minimum); a round with fewer than the strategy's minimum but at least ``min_replies`` goes on with them,
     and the missing sites are recorded.
+
+    ``train_config``: the same config every round, or one per round (a learning-rate schedule). ``stopping``:
+    early stopping on the sites' pooled validation loss; the run ends once it says so and keeps its best model.
     """
     result = TrainResult(arrays=arrays, registered=dict(registered) if registered is not None else None)
     for rnd in range(1, rounds + 1):
@@ -286,11 +295,18 @@ def train_rounds(
         } - set(result.sites.get(n) for n in connected)
         _record_failures(result.failures, rnd, "train", dict.fromkeys(sorted(missing), "not connected"))
         with sampling_at_most(strategy, len(connected)):
-            messages = list(strategy.configure_train(rnd, result.arrays, train_config, grid))
+            config = train_config(rnd) if callable(train_config) else train_config
+            messages = list(strategy.configure_train(rnd, result.arrays, config, grid))
         ok, failed = exchange(grid, messages, result, timeout=timeout, what="train", rnd=rnd, check=_train_check)
         _require(ok, failed, min_replies, f"round {rnd}")
         log_evaluation(ok, step=rnd - 1, sink=sink)  # the sites scored the model they received
         _add_compute(result.compute, ok)
+        if stopping is not None:
+            stop = stopping.observe(rnd - 1, result.arrays, [reply_metrics(r) for r in ok.values()])
+            sink({"val_loss": pooled_validation(reply_metrics(r) for r in ok.values())[0]}, step=rnd - 1)
+            if stop:
+                log.info("round %d: no better validation loss for %d rounds: stopped", rnd, stopping.patience)
+                break
         aggregated, train_metrics = strategy.aggregate_train(rnd, list(ok.values()))
         rejected = dict(strategy.last_rejected)
         _record_failures(result.failures, rnd, "rejected update", rejected)
@@ -303,6 +319,8 @@ def train_rounds(
         if train_metrics and "train-loss" in train_metrics:
             sink({"train_loss": float(train_metrics["train-loss"])}, step=rnd)
         log.info("round %d: trained at %s", rnd, ", ".join(sorted(ok)))
+    if stopping is not None and stopping.best_model is not None:
+        result.arrays = stopping.best_model
     return result
 
 
@@ -326,10 +344,10 @@ def finalise(
     for node in grid.get_node_ids():
         content = {ARRAYS_KEY: result.arrays, CONFIG_KEY: config}
         if champion_state is not None:
-            content[CHAMPION_KEY] = ArrayRecord(champion_state)
+            content[CHAMPION_KEY] = families.record_of(champion_state)
         site_state = site_champions.get(result.sites.get(node, ""), (None, None))[1]
         if site_state is not None:
-            content[SITE_CHAMPION_KEY] = ArrayRecord(site_state)
+            content[SITE_CHAMPION_KEY] = families.record_of(site_state)
         messages.append(Message(RecordDict(content), message_type=MSG_FINALISE, dst_node_id=node))
     ok, _ = exchange(
         grid, messages, result, timeout=timeout, what="final evaluation", rnd=final_round, check=_finalise_check
@@ -370,8 +388,8 @@ def publish(
             outbox.log_metrics({f"holdout/{site}/champion_{k}": v for k, v in entry.champion.items()}, step=step)
         outbox.log_metrics({f"recent/{site}/personal_{k}": v for k, v in entry.personal.items()}, step=step)
     for site in sorted(ok):
-        outbox.put_model(site, ok[site].content[ARRAYS_KEY].to_torch_state_dict())
-    outbox.put_model(GLOBAL, result.arrays.to_torch_state_dict())
+        outbox.put_model(site, families.arrays_of(ok[site].content[ARRAYS_KEY]))
+    outbox.put_model(GLOBAL, families.arrays_of(result.arrays))
     outbox.put_document(EVIDENCE_PATH, evidence.to_dict())
     outbox.put_document("sites.json", {str(node): site for node, site in result.sites.items()})
     if evidence.failures:
@@ -379,13 +397,17 @@ def publish(
 
 
 def log_model(state: Mapping, experiment: str, run_name: str, tags: Mapping[str, str]) -> tuple[str, str]:
-    """One model in a run of its own in ``experiment``; returns (model URI, run id). The outbox's model logger."""
-    model = build_model()
-    model.load_state_dict({k: torch.as_tensor(v) for k, v in state.items()})
+    """One model in a run of its own in ``experiment``; returns (model URI, run id). The outbox's model logger.
+
+    MLflow's flavour follows the model's family: pytorch for the MLP, xgboost for a booster (fl/families.py)."""
     found = mlflow.MlflowClient().get_experiment_by_name(experiment)
     experiment_id = found.experiment_id if found else mlflow.create_experiment(experiment)
     with mlflow.start_run(experiment_id=experiment_id, run_name=run_name, tags=dict(tags)) as run:
-        info = mlflow.pytorch.log_model(model, name="model", input_example=_INPUT_EXAMPLE, pip_requirements=_PIP)
+        if trees.is_tree_record(state):
+            info = families.log_booster(state)
+        else:
+            model = model_from_state({k: torch.as_tensor(v) for k, v in state.items()})
+            info = mlflow.pytorch.log_model(model, name="model", input_example=_INPUT_EXAMPLE, pip_requirements=_PIP)
     return info.model_uri, run.info.run_id
 
 
@@ -422,9 +444,13 @@ def main(grid: Grid, context: Context) -> None:
     rounds = int(cfg["num-server-rounds"])
     timeout = float(cfg["reply-timeout-s"])
     strategy_name = str(cfg.get("strategy", DEFAULT_STRATEGY))
-    strategy = build_strategy(
-        strategy_name, min_nodes=int(cfg["min-nodes"]), state=SiteStateStore(platform_db_url())
-    )
+    family = families.family_of(cfg)
+    if family == XGBOOST:  # refuses the strategies that cannot apply to trees, saying why
+        strategy = tree_strategy(strategy_name, min_nodes=int(cfg["min-nodes"]))
+    else:
+        strategy = build_strategy(
+            strategy_name, min_nodes=int(cfg["min-nodes"]), state=SiteStateStore(platform_db_url())
+        )
     # privacy (fl/privacy/): refuses strategies that cannot run under the mode; under none, strategy unchanged
     strategy, privacy = apply_privacy(
         cfg, strategy_name, strategy, min_nodes=int(cfg["min-nodes"]), min_replies=int(cfg["min-replies"]),
@@ -434,7 +460,9 @@ def main(grid: Grid, context: Context) -> None:
         TAG_FLOWER_RUN: str(context.run_id),
         TAG_DAG_RUN: str(cfg.get("dag-run-id", "")),
         TAG_STRATEGY: strategy_name,
+        TAG_MODEL_FAMILY: family,
     }
+    stopping = EarlyStopping(patience=int(cfg.get("patience", PATIENCE)))
     outbox = Outbox(outbox_dir(mledge_home(), str(context.run_id)))
     outbox.start(
         str(cfg.get("experiment", EXPERIMENT)), f"flower-run-{context.run_id}", tags,
@@ -443,17 +471,20 @@ def main(grid: Grid, context: Context) -> None:
     result = train_rounds(
         grid,
         strategy,
-        ArrayRecord(build_model(seed=int(cfg.get("seed", 0))).state_dict()),
+        families.initial_arrays(family, seed=int(cfg.get("seed", 0))),
         rounds=rounds,
-        train_config=ConfigRecord(
-            {"local-epochs": int(cfg["local-epochs"]), "learning-rate": float(cfg["learning-rate"])}
-        ),
+        train_config=families.round_config(family, cfg, rounds),
+        stopping=stopping,
         min_replies=int(cfg["min-replies"]),
         timeout=timeout,
         sink=live_sink(outbox),
         registered=registered_sites(mledge_home() / SUPERNODE_REGISTRY),
         node_wait=float(cfg.get("node-wait-s", timeout)),
     )
+    threshold, val_f1 = stopping.threshold()  # from the sites' pooled validation counts of the best model
+    result.arrays = families.with_threshold(result.arrays, threshold)
+    outbox.set_tags({TAG_THRESHOLD: repr(threshold), TAG_MODEL_FAMILY: family})
+    outbox.log_metrics({"threshold": threshold, "val_f1": val_f1, "best_round": stopping.best_round}, step=rounds)
     if privacy is not None:  # the run's (epsilon, delta) and clip bound; registration copies them to the versions
         outbox.set_tags(privacy.tags())
         if privacy.metrics():
@@ -463,13 +494,7 @@ def main(grid: Grid, context: Context) -> None:
         result,
         timeout=timeout,
         registered_model=str(cfg["registered-model"]),
-        config=ConfigRecord(
-            {
-                "learning-rate": float(cfg["learning-rate"]),
-                "personal-epochs": int(cfg.get("personal-epochs", PERSONAL_EPOCHS)),
-                "recent-batches": int(cfg.get("recent-batches", RECENT_BATCHES)),
-            }
-        ),
+        config=families.finalise_config(family, cfg),
         # The champion is what the gate compares with: MLflow must answer (retried), or the run fails clearly.
         load_champion=retry(stop=stop_after_attempt(5), wait=wait_exponential(max=20), reraise=True)(
             load_champion_state

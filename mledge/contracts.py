@@ -89,6 +89,8 @@ TAG_BATCH = "mledge.batch"
 TAG_DRIFT_EVALUATION = "mledge.drift_evaluation"
 TAG_DRIFT = "mledge.drift"
 TAG_DRIFT_CHAMPION = "mledge.champion"
+TAG_MODEL_FAMILY = "mledge.model_family"
+TAG_THRESHOLD = "mledge.threshold"  # the decision threshold (a logit) the model version is read at
 ROLLED_BACK = "rolled_back"
 
 
@@ -181,6 +183,17 @@ TAG_CLIP_NORM = "mledge.privacy.clip_norm"
 
 # --- Flower messages between the ServerApp and the sites' ClientApps -------------------------------------------
 MSG_TRAIN = "train"
+# --- model families: name -> title (chosen per project: DAG param model_family, run config model-family) --------
+MLP, XGBOOST = "mlp", "xgboost"
+MODEL_FAMILIES: dict[str, str] = {
+    MLP: "Neural network (torch MLP; FedAvg or any robust rule; early stopping, tuned threshold)",
+    XGBOOST: "Gradient-boosted trees (XGBoost; Flower's FedXgbBagging)",
+}
+DEFAULT_MODEL_FAMILY = MLP
+MODEL_FAMILY_KEY = "model-family"
+# The only aggregation the xgboost family takes (its trees are appended, not averaged): FedXgbBagging.
+TREE_STRATEGIES = ("fedavg",)
+
 MSG_FINALISE = "train.finalise"
 MSG_QUERY = "query"
 ARRAYS_KEY = "arrays"
@@ -195,8 +208,8 @@ COMPUTE_KEY = "compute-seconds"
 NUM_EXAMPLES_KEY = "num-examples"
 
 # --- defaults of the knobs people turn (DAG params, CLI options and the libraries share them) -----------------
-ROUNDS = 3
-LOCAL_EPOCHS = 2
+ROUNDS = 30  # the most; early stopping (PATIENCE) usually ends a run sooner
+LOCAL_EPOCHS = 5  # per round; with early stopping, fewer rounds to converge (bench/results/model.md)
 LEARNING_RATE = 0.005
 MIN_CLIENTS = 3
 MIN_REPLIES = 2
@@ -206,6 +219,11 @@ RUN_TIMEOUT_S = 1800
 PERSONAL_EPOCHS = 2
 RECENT_BATCHES = 3
 # Permutations per batch for the concept-drift p-value; 1/(N+1) must fall below the smallest Holm level
+# Convergence: "rounds" is the most a run trains; it stops earlier when the sites' pooled validation loss has not
+# improved for PATIENCE rounds, and keeps the best round's model. The learning rate follows a cosine over the rounds.
+PATIENCE = 8
+CLASS_WEIGHT = 1.0  # the MLP's cap on the failure class's loss weight (1: none; the tuned threshold does it)
+PERSONAL_ROUNDS = 10  # xgboost: boosting rounds on a site's recent batches for its personalised model
 # (0.05 / 3 sites / 7 tests ~ 0.0024): N >= 500.
 DRIFT_SIMULATIONS = 1000
 MIN_DRIFT_SIMULATIONS = 500

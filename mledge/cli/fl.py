@@ -39,12 +39,20 @@ def cmd_fl_start(args: argparse.Namespace, settings: Settings) -> dict:
         validate({c.PRIVACY_KEY: args.privacy, c.DP_EPSILON_KEY: args.dp_epsilon}, args.strategy)
     except PrivacyCombinationError as exc:
         raise SystemExit(f"mledge fl start: {exc}") from None
+    if args.model_family == c.XGBOOST:  # a strategy that cannot apply to trees is refused now, saying why
+        from fl.tree_strategy import UnsupportedStrategyError, tree_strategy
+
+        try:
+            tree_strategy(args.strategy, min_nodes=args.min_nodes)
+        except UnsupportedStrategyError as exc:
+            raise SystemExit(f"mledge fl start: {exc}") from None
     config = {
         "num-server-rounds": args.rounds,
         "local-epochs": args.local_epochs,
         "learning-rate": args.learning_rate,
         "min-nodes": args.min_nodes,
         "strategy": args.strategy,
+        c.MODEL_FAMILY_KEY: args.model_family,
         c.PRIVACY_KEY: args.privacy,
         c.DP_EPSILON_KEY: args.dp_epsilon,
         "attack-site": args.attack_site,
@@ -128,6 +136,8 @@ def register(commands: argparse._SubParsersAction) -> None:
     p.add_argument("--learning-rate", type=float, default=c.LEARNING_RATE)
     p.add_argument("--min-nodes", type=int, default=c.MIN_CLIENTS)
     p.add_argument("--strategy", default=c.DEFAULT_STRATEGY, choices=list(c.STRATEGIES), help="aggregation rule")
+    p.add_argument("--model-family", default=c.DEFAULT_MODEL_FAMILY, choices=list(c.MODEL_FAMILIES),
+                   help="mlp (any strategy) or xgboost (strategy fedavg: Flower's FedXgbBagging)")
     p.add_argument("--privacy", default=c.DEFAULT_PRIVACY, choices=list(c.PRIVACY_MODES),
                    help="secure aggregation and/or differential privacy (README: Privacy)")
     p.add_argument("--dp-epsilon", type=float, default=c.DP_EPSILON, help="dp, secagg-dp: the run's target epsilon")

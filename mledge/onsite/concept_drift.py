@@ -23,7 +23,6 @@ written at the site by one task and the p-value be read by the next.
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -37,18 +36,12 @@ METHOD = "permutation within score bins (hypergeometric), one-sided: more errors
 
 
 def model_scores(model: Any, frame: pd.DataFrame) -> np.ndarray:
-    """The model's logits for a batch (``model``: a torch module or a state dict of ``fl.model``'s MLP)."""
-    import torch
+    """The production model's decision margins for a batch: its log-odds of a failure minus its stored decision
+    threshold, so that its decision is ``score > 0`` (``model``: a model of any family or its arrays, as
+    mledge/onsite/scoring.py takes them)."""
+    from mledge.onsite.scoring import scores
 
-    from fl.model import build_model
-    from mledge.onsite.features import features
-
-    if isinstance(model, Mapping):
-        state, model = model, build_model()
-        model.load_state_dict(state)
-    model.eval()
-    with torch.no_grad():
-        return model(torch.from_numpy(features(frame))).numpy().astype(float)
+    return scores(model, frame)
 
 
 def row_errors(scores: np.ndarray, frame: pd.DataFrame) -> np.ndarray:

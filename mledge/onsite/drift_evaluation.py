@@ -124,18 +124,10 @@ def find_champion(site: str) -> Champion | None:
 
 
 def load_champion_model(champion: Champion) -> Any:
-    """The champion as ``fl.model``'s MLP (that exact version, not whatever the alias points at by now)."""
-    import mlflow
+    """The champion (that exact version, not whatever the alias points at by now), of whichever model family."""
+    from mledge.onsite.scoring import load_registered
 
-    from fl.model import build_model
-
-    loaded = mlflow.pytorch.load_model(f"models:/{champion.name}/{champion.version}")
-    # The ServerApp logs in MLflow's default pt2 format, which loads as a torch.export program (no eval());
-    # its weights carry the module's names, so they load into a fresh MLP.
-    state = loaded.state_dict() if callable(loaded.state_dict) else loaded.state_dict
-    model = build_model()
-    model.load_state_dict(dict(state))
-    return model
+    return load_registered(champion.name, champion.version)
 
 
 def plan_evaluation(

@@ -30,6 +30,7 @@ from mledge.contracts import (
     TAG_DECISION,
     TAG_DRIFT_ALERTS,
     TAG_FLOWER_RUN,
+    TAG_MODEL_FAMILY,
     TAG_MODEL_RUN,
     TAG_MODEL_URI,
     TAG_PREVIOUS_CHAMPION,
@@ -37,6 +38,7 @@ from mledge.contracts import (
     TAG_REASON,
     TAG_SITE,
     TAG_STRATEGY,
+    TAG_THRESHOLD,
     data_window_tag,
     site_model_name,
     site_model_run_tag,
@@ -98,13 +100,23 @@ def aliases_of(client: Any, name: str) -> dict[str, str]:
 
 
 def load_champion_state(name: str) -> tuple[str | None, dict | None]:
-    """(version, torch state dict) of the model's current champion, or (None, None) when it has none."""
+    """(version, arrays) of the model's current champion, or (None, None) when it has none. The arrays as the
+    model travels to the sites: a torch state dict (pytorch flavour) or a booster's ``{"0": uint8 JSON}``
+    (xgboost flavour), whichever family the champion is of."""
     import mlflow
 
     version = aliases_of(mlflow.MlflowClient(), name).get(CHAMPION)
     if version is None:
         return None, None
-    return version, mlflow.pytorch.load_model(f"models:/{name}/{version}").state_dict()
+    uri = f"models:/{name}/{version}"
+    if "xgboost" in mlflow.models.get_model_info(uri).flavors:
+        import numpy as np
+
+        booster = mlflow.xgboost.load_model(uri)
+        raw = bytes(booster.save_raw("json"))
+        return version, {"0": np.frombuffer(raw, dtype=np.uint8).copy()}
+    loaded = mlflow.pytorch.load_model(uri)
+    return version, dict(loaded.state_dict() if callable(loaded.state_dict) else loaded.state_dict)
 
 
 def find_run(client: Any, flower_run_id: str, experiment: str = EXPERIMENT) -> Any:
@@ -187,6 +199,8 @@ def promote(
         TAG_DAG_RUN: tags.get(TAG_DAG_RUN, ""),
         TAG_STRATEGY: tags.get(TAG_STRATEGY, ""),
         TAG_DRIFT_ALERTS: drift_alerts or "none",
+        # the model's family and the decision threshold it is read at (chosen at the sites, fl/thresholds.py)
+        **{k: tags[k] for k in (TAG_MODEL_FAMILY, TAG_THRESHOLD) if k in tags},
         # the run's privacy mode and (epsilon, delta), when it had one (fl/privacy/server.py)
         **{k: v for k, v in tags.items() if k == TAG_PRIVACY or k.startswith(f"{TAG_PRIVACY}.")},
     }
@@ -246,6 +260,8 @@ def promote(
         "flower_run_id": flower_run_id,
         "dag_run_id": tags.get(TAG_DAG_RUN, ""),
         "strategy": tags.get(TAG_STRATEGY, ""),
+        "model_family": tags.get(TAG_MODEL_FAMILY, ""),
+        "threshold": tags.get(TAG_THRESHOLD, ""),
         "drift_alerts": drift_alerts,
         "holdout": {site: asdict(entry) for site, entry in sites.items()},
         "site_models": site_results,

@@ -87,6 +87,9 @@ def test_federated_training_params_come_from_the_contracts(dagbag):
     assert strategy["enum"] == list(contracts.STRATEGIES)
     assert strategy["values_display"] == contracts.STRATEGIES
     assert dag.params["strategy"] == contracts.DEFAULT_STRATEGY
+    family = _schema(dag, "model_family")
+    assert family["enum"] == list(contracts.MODEL_FAMILIES) == ["mlp", "xgboost"]
+    assert dag.params["model_family"] == contracts.DEFAULT_MODEL_FAMILY
     assert _schema(dag, "attack_site")["enum"] == ["", *contracts.SITES]
     assert dag.params["attack_site"] == ""
     defaults = {"min_clients": contracts.MIN_CLIENTS, "node_wait_timeout_s": contracts.NODE_WAIT_TIMEOUT_S,
@@ -199,3 +202,4 @@ def test_arguments_are_templated_with_params_and_the_run_id(dagbag):
     assert "arguments" in start.template_fields
     assert "{{ run_id }}" in start.arguments
     assert "{{ params.rounds }}" in start.arguments
+    assert start.arguments[start.arguments.index("--model-family") + 1] == "{{ params.model_family }}"

@@ -12,7 +12,7 @@ import fl.clientapp as clientapp
 from fl.model import build_model
 from mledge.onsite.features import features, labels
 from mledge.onsite.store import SiteDataError, batch_paths, is_held_out, load_site_data
-from mledge.onsite.training import evaluate
+from mledge.onsite.training import evaluate, is_validation
 
 COUNT_KEYS = ("tp", "fp", "fn", "tn", "loss-sum")
 
@@ -67,9 +67,10 @@ def test_train_replies_with_weights_metrics_and_site(plant_a_store, instruction)
     metrics = reply.content["metrics"]
     assert isinstance(metrics, MetricRecord)
     frame = load_site_data(plant_a_store, "plant_a")
-    held = is_held_out(frame)
-    assert metrics["num-examples"] == int((~held).sum()) == 1600
+    held, val = is_held_out(frame), is_validation(frame)
+    assert metrics["num-examples"] == int((~held & ~val).sum()) == 1200  # validation rows are not trained on
     assert metrics["eval-examples"] == int(held.sum()) == 400
+    assert metrics["val-examples"] == int(val.sum()) == 400
     assert sum(metrics[k] for k in ("tp", "fp", "fn", "tn")) == metrics["eval-examples"]
     assert np.isfinite(metrics["train-loss"])
 
@@ -94,7 +95,7 @@ def test_train_scores_the_received_model_before_training(plant_a_store, instruct
 def test_the_clientapp_routes_train_and_query_messages(plant_a_store, instruction):
     context = site_context(plant_a_store, "plant_a")
     reply = clientapp.app(instruction(train_content(build_model()), 7, "train"), context)
-    assert reply.content["metrics"]["num-examples"] == 1600
+    assert reply.content["metrics"]["num-examples"] == 1200
     identity = clientapp.app(instruction(RecordDict(), 7, "query"), context)
     assert identity.content["site"]["site"] == "plant_a"
 
@@ -162,7 +163,8 @@ def test_a_site_reads_only_its_own_store(make_store, instruction):
     store_a = make_store("plant_a", batches=1, rows=100)
     make_store("plant_b", batches=1, rows=300)
     reply = clientapp.train(instruction(train_content(build_model()), 7, "train"), site_context(store_a, "plant_a"))
-    assert reply.content["metrics"]["num-examples"] + reply.content["metrics"]["eval-examples"] == 100
+    metrics = reply.content["metrics"]
+    assert metrics["num-examples"] + metrics["val-examples"] + metrics["eval-examples"] == 100
 
 
 def _train_state(store, instruction, node_config, run_config=None, model_seed=3):
@@ -181,7 +183,7 @@ def test_a_scaling_attacker_sends_its_update_boosted(plant_a_store, instruction)
     for key, start in received.items():
         expected = start + 10.0 * (honest[key] - start)  # same seed and data: the honest update, ten times
         assert torch.allclose(boosted[key], expected, atol=1e-4), key
-    assert metrics["num-examples"] == 5 * 1600  # and it lies about its sample count
+    assert metrics["num-examples"] == 5 * 1200  # and it lies about its sample count
 
 
 def test_a_run_config_simulation_poisons_only_the_named_site_that_opted_in(plant_a_store, instruction):

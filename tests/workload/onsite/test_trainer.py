@@ -29,6 +29,7 @@ from mledge.onsite import trainer_client
 from mledge.onsite.profiles import PROFILES
 from mledge.onsite.store import append_generated_batch, batch_paths, is_held_out, load_site_data
 from mledge.onsite.trainer_client import TRAINER_KEY, TrainerFailed, TrainerUnavailable
+from mledge.onsite.training import is_validation
 from mledge.ops import identities
 
 ROWS = 300
@@ -239,7 +240,7 @@ def test_another_sites_user_cannot_reach_the_trainer(trainer):
 
 def _examples(store: Path) -> int:
     frame = load_site_data(store, "plant_a")
-    return int((~is_held_out(frame)).sum())
+    return int((~is_held_out(frame) & ~is_validation(frame)).sum())  # the training rows
 
 
 def test_batches_are_held_by_content_and_read_again_when_the_store_changes(trainer, instruction):

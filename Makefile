@@ -9,7 +9,7 @@ WL := $(VENVS)/workload
 AF := $(VENVS)/orchestrator
 PIP_FLAGS := --quiet --disable-pip-version-check
 
-.PHONY: browser setup demo demo-attack down status clean-venvs bench bench-robust bench-speed bench-drift bench-costs bench-chaos focus-validator test test-unit test-dags test-e2e lint lock clean
+.PHONY: browser setup demo demo-attack down status clean-venvs bench bench-robust bench-speed bench-drift bench-costs bench-chaos bench-rounds bench-scale focus-validator test test-unit test-dags test-e2e lint lock clean
 
 setup: $(WL)/.installed $(AF)/.installed ## build both environments from the lock files
 
@@ -95,6 +95,12 @@ bench-costs: setup ## 1,000,000 FOCUS 1.2 rows (Parquet) into SQLite and Postgre
 
 bench-privacy: setup ## accuracy, seconds per round and bytes per site of each privacy mode against none (digits, 20 clients; the axis_failures sites), one site lost mid-round under secagg
 	$(WL)/bin/python -m bench.privacy
+
+bench-rounds: setup ## seconds per round, 3 sites: warm trainers against training in the ClientApp process, side by side; a 3-round federated_training DAG run on the local stack (started and stopped if none runs)
+	$(WL)/bin/python -m bench.rounds
+
+bench-scale: setup ## 10, 100 and 1,000 simulated sites per round (FedAvg, robust default) and 30 real SuperNodes with their trainers: seconds per round, memory
+	$(WL)/bin/python -m bench.scale
 
 bench-chaos: setup ## faults injected into the running stack (tests/e2e/test_resilience_e2e.py): outcome and recovery time per fault
 	MLEDGE_CHAOS_RESULTS=$(CURDIR)/bench/results/chaos.json $(WL)/bin/python -m pytest -q -m e2e tests/e2e/test_resilience_e2e.py

@@ -130,6 +130,7 @@ class Federation:
         self.port, *self.node_ports = free_ports(1 + len(sites))
         self.flwr_home = self.platform / "flwr"
         self.components: list[Component] = []
+        self._flwr_home_before = os.environ.get("FLWR_HOME")  # put back on stop: the `flwr` CLI reads it
 
     # --- environments ------------------------------------------------------------------------------------------
 
@@ -223,7 +224,8 @@ class Federation:
         cpu_before = self.cpu()
         started = time.time()
         run_id = submit_run(run_config, CONNECTION, app_dir=FLOWER_APP, flwr_bin=flwr)
-        info = await_run(run_id, timeout, CONNECTION, flwr, poll_s=2.0)
+        # Seldom: each `flwr ls` is a Python process of its own, CPU the rounds would otherwise have.
+        info = await_run(run_id, timeout, CONNECTION, flwr, poll_s=10.0)
         wall = time.time() - started
         time.sleep(2.0)  # the last ClientApp processes exit and are reaped: their CPU is counted
         cpu = {name: round(s - cpu_before.get(name, 0.0), 2) for name, s in self.cpu().items()}
@@ -252,6 +254,10 @@ class Federation:
         for component in reversed(self.components):  # SuperNodes, trainers, then the SuperLink
             self.procs.stop(component.name, component.stop_signal, grace=30)
         self.components = []
+        if self._flwr_home_before is None:
+            os.environ.pop("FLWR_HOME", None)
+        else:
+            os.environ["FLWR_HOME"] = self._flwr_home_before
 
     def __enter__(self) -> Federation:
         return self

@@ -3,8 +3,8 @@
 1. Simulation: 10, 100 and 1,000 simulated sites per round, each with its own generated store (one batch of 100
    rows), with FedAvg and with the robust default. Flower's simulation engine (``flwr.simulation.run_simulation``)
    needs Ray, and Flower 1.41 has no other backend (``flwr.server.superlink.fleet.vce`` builds a RayBackend
-   unconditionally); Ray is not in this project's lock (``flwr[simulation]`` pins ray 2.55.1, which this machine's
-   registry does not hold). So the rounds run on the project's in-process grid (fl/simulation/harness.py:
+   unconditionally); Ray is not in this project's lock (``flwr[simulation]`` would add ray 2.55.1, on PyPI, to the
+   workload environment: not done here). So the rounds run on the project's in-process grid (fl/simulation/harness.py:
    ``InProcessGrid``, a Flower ``Grid`` whose nodes run the real ClientApp of fl/clientapp.py, every message
    serialised and deserialised as on the wire) with the ServerApp's own rounds (fl/serverapp.py ``train_rounds``)
    and the real strategies. One process per configuration, one torch thread, sites one after another: seconds per
@@ -225,7 +225,7 @@ def main(argv: list[str] | None = None) -> int:
     document: dict[str, Any] = {
         "benchmark": "bench-scale",
         "machine": {"cpus": os.cpu_count(), "python": platform.python_version()},
-        "engine": "fl/simulation/harness.py InProcessGrid (Flower's run_simulation needs Ray, not installed)",
+        "engine": "fl/simulation/harness.py InProcessGrid (Flower's run_simulation needs Ray, not in the lock)",
     }
     try:
         if not args.skip_simulation:

@@ -13,7 +13,8 @@ home) or by hand with ``mledge sites trainer --site <site>``.
 - Parsed batches stay in memory, keyed by content (SHA-256 of the file's bytes): a new batch, or a batch whose
   bytes changed, is read again through ``mledge.onsite.store.read_batch`` (validation and the store's own parse
   cache on disk); unchanged batches are not parsed, validated or even loaded from disk again.
-- The device: CUDA when torch sees a GPU (``MLEDGE_TORCH_DEVICE`` says which, for the site's training code).
+- The device: ``cuda`` when torch sees a GPU, else ``cpu``, exported as ``MLEDGE_TORCH_DEVICE`` and shown in the
+  status; mledge/onsite/training.py does not read it yet, so training runs on the CPU.
 - Messages run one at a time; a status request is answered at once, also while warming up or training.
 """
 

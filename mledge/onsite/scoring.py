@@ -46,7 +46,8 @@ def raw_scores(model: Any, x: np.ndarray) -> np.ndarray:
     import torch
 
     with torch.no_grad():
-        return model.logits(torch.from_numpy(x)).numpy().astype(float)
+        xt = torch.from_numpy(x)
+        return (model.logits(xt) if hasattr(model, "logits") else model(xt)).numpy().astype(float)
 
 
 def threshold_of(model: Any) -> float:
@@ -55,7 +56,7 @@ def threshold_of(model: Any) -> float:
         return 0.0
     if type(model).__name__ == "Booster":
         return trees.threshold_of(model)
-    return float(model.threshold.item())
+    return float(model.threshold.item()) if hasattr(model, "threshold") else 0.0
 
 
 def margins(model: Any, x: np.ndarray) -> np.ndarray:

@@ -17,15 +17,30 @@ from fl.serverapp import finalise, log_model, train_rounds
 from fl.simulation.harness import InProcessGrid, make_reply
 from fl.strategies import MemoryStateStore, build_strategy
 from fl.tree_strategy import TreeBagging, UnsupportedStrategyError, tree_strategy
-from mledge.contracts import ARRAYS_KEY, MODEL_FAMILY_KEY, STRATEGIES, TREE_STRATEGIES, XGBOOST
+from mledge.contracts import (
+    ARRAYS_KEY,
+    EVIDENCE_PATH,
+    EXPERIMENT,
+    GLOBAL_MODEL,
+    MODEL_FAMILY_KEY,
+    STRATEGIES,
+    TAG_FLOWER_RUN,
+    TAG_MODEL_FAMILY,
+    TAG_MODEL_RUN,
+    TAG_MODEL_URI,
+    TAG_THRESHOLD,
+    TREE_STRATEGIES,
+    XGBOOST,
+)
 from mledge.onsite import scoring
 from mledge.onsite.concept_drift import model_scores
+from mledge.onsite.drift_evaluation import Champion, load_champion_model
 from mledge.onsite.features import features
 from mledge.onsite.schema import FEATURE_NAMES
 from mledge.onsite.store import load_site_data
 from mledge.onsite.training import split3
 from mledge.onsite.tree_training import boost
-from mledge.registry.promotion import decide_promotion, load_champion_state
+from mledge.registry.promotion import decide_promotion, load_champion_state, promote
 
 NODES = {11: "plant_a", 12: "plant_b", 13: "plant_c"}
 
@@ -191,6 +206,8 @@ def test_mlp_rounds_stop_early_and_store_the_threshold(grid):
 def tracking(tmp_path, monkeypatch):
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    monkeypatch.setenv("MLFLOW_SKIP_PIP_REQUIREMENTS_CHECK", "true")
+    monkeypatch.delenv("MLFLOW_REGISTRY_URI", raising=False)
     monkeypatch.chdir(tmp_path)
     mlflow.set_tracking_uri(uri)
     try:
@@ -233,3 +250,51 @@ def test_concept_drift_scores_a_booster_through_the_same_interface(site_stores):
     np.testing.assert_allclose(model_scores(booster, frame), trees.raw_scores(booster, features(frame)) - 0.5)
     np.testing.assert_allclose(model_scores({"0": trees.to_array(raw)}, frame), model_scores(booster, frame))
     assert model_scores(booster, frame.iloc[:0]).shape == (0,)
+
+
+# --- the whole registry path for trees: an MLP champion, then an xgboost run that beats it -----------------------
+
+
+def _evidence(candidate: float, champion: float | None, champion_version: str | None) -> dict:
+    def metrics(f1: float) -> dict[str, float]:
+        return {"loss": 0.1, "accuracy": 0.97, "recall": f1, "precision": f1, "f1": f1}
+
+    return {
+        "champion_version": champion_version,
+        "sites": {
+            site: {"candidate": metrics(candidate), "champion": metrics(champion) if champion else None,
+                   "num_examples": 600}
+            for site in NODES.values()
+        },
+        "failures": {},
+    }
+
+
+def test_an_xgboost_run_is_registered_promoted_over_an_mlp_champion_and_scored_for_drift(site_stores, tracking):
+    client = mlflow.MlflowClient()
+    experiment = mlflow.create_experiment(EXPERIMENT)
+    frame = load_site_data(site_stores["plant_a"], "plant_a")
+    (x, y), _, _ = split3("plant_a", frame)
+    booster_raw = trees.with_threshold(trees.save_booster(boost(None, x, y, 5)), -0.3)
+    models = {
+        "201": (with_threshold(build_model(seed=5).state_dict(), 0.0), "mlp", _evidence(0.5, None, None)),
+        "202": ({"0": trees.to_array(booster_raw)}, XGBOOST, _evidence(0.9, 0.5, "1")),
+    }
+    for flower_run, (state, family, evidence) in models.items():
+        uri, model_run = log_model(state, "models", flower_run, {})
+        tags = {TAG_FLOWER_RUN: flower_run, TAG_MODEL_URI: uri, TAG_MODEL_RUN: model_run,
+                TAG_MODEL_FAMILY: family, TAG_THRESHOLD: repr(scoring.threshold_of(state))}
+        with mlflow.start_run(experiment_id=experiment, tags=tags):
+            mlflow.log_dict(evidence, EVIDENCE_PATH)
+    assert promote("201")["alias"] == "champion"
+    result = promote("202")
+    assert (result["version"], result["alias"], result["model_family"]) == ("2", "champion", XGBOOST)
+    version = client.get_model_version(GLOBAL_MODEL, "2")
+    assert version.tags[TAG_MODEL_FAMILY] == XGBOOST and float(version.tags[TAG_THRESHOLD]) == pytest.approx(-0.3)
+    # The next run's finalise sends the champion as the sites receive it: the booster's bytes.
+    champion_version, arrays = load_champion_state(GLOBAL_MODEL)
+    assert champion_version == "2" and trees.is_tree_record(arrays)
+    # Drift evaluation at a site loads that exact version and scores it through the same interface.
+    champion = load_champion_model(Champion(GLOBAL_MODEL, "2"))
+    expected = trees.raw_scores(trees.load_booster(booster_raw), features(frame)) + 0.3
+    np.testing.assert_allclose(model_scores(champion, frame), expected, rtol=1e-5, atol=1e-5)

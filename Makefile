@@ -72,7 +72,7 @@ clean: down ## remove local state (data, databases, logs) but keep the environme
 clean-venvs: ## remove both environments (the next `make` builds them again)
 	rm -rf $(VENVS)
 
-demo-attack: setup ## plant_c poisons its updates: FedAvg and FedQV + reputation side by side
+demo-attack: setup ## plant_c poisons its updates: FedAvg and the robust default (mledge-robust) side by side
 	$(WL)/bin/mledge demo --attack
 
 bench: bench-robust bench-drift bench-costs ## every benchmark; results as JSON (and markdown) under bench/results/

@@ -33,5 +33,5 @@ def register(commands: argparse._SubParsersAction) -> None:
         nargs="?",
         const="attack='label-flip'",
         default=None,
-        help="rerun with plant_c poisoning, once with FedAvg and once with FedQV + reputation, and compare",
+        help="rerun with plant_c poisoning, once with FedAvg and once with mledge-robust (the robust default), compare",
     )

@@ -151,7 +151,7 @@ def print_footer(settings: Settings) -> None:
 
 
 def run_attack_demo(settings: Settings, rounds: int, timeout: float, profile: str) -> dict[str, Any]:
-    """plant_c poisons its updates; the same run with FedAvg and with FedQV + reputation, side by side."""
+    """plant_c poisons its updates; the same run with FedAvg and with the robust default, side by side."""
     stack.init_site_data(settings, batches=3)
     stack.up(settings, say=print)
     act_as_platform(settings)
@@ -162,7 +162,7 @@ def run_attack_demo(settings: Settings, rounds: int, timeout: float, profile: st
     stack.restart(settings, "supernode-plant_c")
     results = {}
     try:
-        for strategy in ("fedavg", "fedqv-reputation"):
+        for strategy in ("fedavg", "mledge-robust"):
             conf = {"rounds": rounds, "strategy": strategy, "attack_site": "plant_c", "attack_profile": profile}
             results[strategy] = trigger_training(settings, conf, timeout)
     finally:

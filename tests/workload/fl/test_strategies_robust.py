@@ -42,6 +42,36 @@ def test_norm_fence_ignores_a_block_of_tiny_updates_and_allows_for_claimed_data(
     assert mr.norm_fence(norms, claimed)[7]
 
 
+def test_clip_factors_bring_every_update_within_its_fence():
+    norms = np.array([1.0, 1.2, 0.8, 1.1, 0.9, 20.0, 0.0])
+    claimed = np.full(7, 100.0)
+    bounds = mr.fence_bounds(norms, claimed)
+    clip = mr.clip_factors(norms, bounds)
+    np.testing.assert_allclose(clip[:5], 1.0)
+    # the scale: the median of the norms not below a quarter of the plain median (1.0), so without the zero: 1.05
+    assert clip[5] * norms[5] == pytest.approx(bounds[5]) and bounds[5] == pytest.approx(4 * 1.05)
+    assert clip[6] == 1.0  # a zero update stays what it is
+
+
+def test_a_large_update_in_the_majority_direction_is_clipped_to_its_fence_not_excluded():
+    """A site with many rows sends an honest update 12x the median norm: it stays in the average, clipped to its
+    fence, with no exclusion recorded; the aggregate is g + sum_i w_i c_i delta_i."""
+    rng = np.random.default_rng(12)
+    global_flat = rng.standard_normal(400).astype(np.float32)
+    updates = honest_updates(rng, 10)
+    updates[9] = 12 * (0.5 * updates[:9].mean(axis=0) + 0.5 * updates[9])
+    strategy = build_strategy("mledge-robust")
+    arrays, _ = run_round(strategy, to_arrayrecord({"w": global_flat}), site_replies(global_flat, updates, [50] * 10))
+    assert "site-09" not in strategy.last_excluded and strategy.last_weights["site-09"] > 0
+    norms = np.linalg.norm(updates, axis=1)
+    bound = mr.fence_bounds(norms, np.full(10, 50.0))[9]
+    assert bound < norms[9] and strategy.last_clipped["site-09"] == pytest.approx(bound / norms[9], rel=1e-4)
+    clip = np.array([strategy.last_clipped.get(f"site-{i:02d}", 1.0) for i in range(10)])
+    weights = np.array([strategy.last_weights[f"site-{i:02d}"] for i in range(10)])
+    expected = global_flat + (weights * clip) @ updates
+    np.testing.assert_allclose(np.asarray(arrays["w"].numpy()), expected, rtol=1e-4, atol=1e-4)
+
+
 def test_coinciding_updates_share_one_vote():
     rng = np.random.default_rng(0)
     updates = np.vstack([honest_updates(rng, 5), np.repeat(rng.standard_normal((1, 400)), 4, axis=0)])

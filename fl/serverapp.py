@@ -45,6 +45,7 @@ from mledge.contracts import (
     CHAMPION_KEY,
     COMPUTE_KEY,
     CONFIG_KEY,
+    DEFAULT_PRIVACY,
     DEFAULT_STRATEGY,
     EVIDENCE_PATH,
     EXPERIMENT,
@@ -52,6 +53,7 @@ from mledge.contracts import (
     MSG_QUERY,
     NUM_EXAMPLES_KEY,
     PATIENCE,
+    PRIVACY_KEY,
     SITE_CHAMPION_KEY,
     SITE_KEY,
     SUPERNODE_REGISTRY,
@@ -446,7 +448,9 @@ def main(grid: Grid, context: Context) -> None:
     strategy_name = str(cfg.get("strategy", DEFAULT_STRATEGY))
     family = families.family_of(cfg)
     if family == XGBOOST:  # refuses the strategies that cannot apply to trees, saying why
-        strategy = tree_strategy(strategy_name, min_nodes=int(cfg["min-nodes"]))
+        strategy = tree_strategy(
+            strategy_name, min_nodes=int(cfg["min-nodes"]), privacy=str(cfg.get(PRIVACY_KEY, DEFAULT_PRIVACY))
+        )
     else:
         strategy = build_strategy(
             strategy_name, min_nodes=int(cfg["min-nodes"]), state=SiteStateStore(platform_db_url())

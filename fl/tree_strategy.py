@@ -20,7 +20,7 @@ from flwr.app import ArrayRecord, Message, MetricRecord
 from flwr.serverapp.strategy import FedXgbBagging
 
 from fl.strategies.validation import BAD_ARRAYS, DEFAULT_MAX_EXAMPLES, examples_problem, site_of
-from mledge.contracts import NUM_EXAMPLES_KEY, STRATEGIES, TREE_STRATEGIES, XGBOOST
+from mledge.contracts import DEFAULT_PRIVACY, NUM_EXAMPLES_KEY, STRATEGIES, TREE_STRATEGIES, XGBOOST
 
 
 class UnsupportedStrategyError(ValueError):
@@ -82,8 +82,15 @@ class TreeBagging(FedXgbBagging):
         return super().aggregate_train(server_round, valid)
 
 
-def tree_strategy(name: str, *, min_nodes: int) -> TreeBagging:
-    """The xgboost family's aggregation for a strategy name; robust rules for weight vectors are refused."""
+def tree_strategy(name: str, *, min_nodes: int, privacy: str = DEFAULT_PRIVACY) -> TreeBagging:
+    """The xgboost family's aggregation for a strategy name; robust rules for weight vectors are refused, and so is
+    every privacy mode but none (secure aggregation sums vectors; DP noise here has no accountant for trees)."""
+    if privacy != DEFAULT_PRIVACY:
+        raise UnsupportedStrategyError(
+            f"model family '{XGBOOST}' cannot run under privacy mode {privacy!r}: secure aggregation and differential "
+            f"privacy (fl/privacy/) apply to weight vectors, not to appended trees; use privacy 'none' or model "
+            f"family 'mlp'"
+        )
     key = name.strip().lower()
     if key not in TREE_STRATEGIES:
         known = f"'{key}' ({STRATEGIES[key]})" if key in STRATEGIES else f"unknown strategy {name!r}"

@@ -43,7 +43,7 @@ def cmd_fl_start(args: argparse.Namespace, settings: Settings) -> dict:
         from fl.tree_strategy import UnsupportedStrategyError, tree_strategy
 
         try:
-            tree_strategy(args.strategy, min_nodes=args.min_nodes)
+            tree_strategy(args.strategy, min_nodes=args.min_nodes, privacy=args.privacy)
         except UnsupportedStrategyError as exc:
             raise SystemExit(f"mledge fl start: {exc}") from None
     config = {

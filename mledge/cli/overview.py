@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 
 from mledge.cli.common import add
+from mledge.contracts import ROUNDS
 from mledge.ops.settings import Settings
 
 
@@ -26,7 +27,8 @@ def register(commands: argparse._SubParsersAction) -> None:
     p = add(commands, "status", cmd_status, "sites, SuperNodes, Flower runs and registered models")
     p.add_argument("--json", action="store_true", help="print JSON (also the default when stdout is not a terminal)")
     p = add(commands, "demo", cmd_demo, "start the stack, run federated_training through Airflow, summarise")
-    p.add_argument("--rounds", type=int, default=3)
+    p.add_argument("--rounds", type=int, default=ROUNDS,
+                   help="the most federated rounds per training (a run stops earlier once it has converged)")
     p.add_argument("--timeout", type=float, default=1200)
     p.add_argument(
         "--attack",

@@ -8,6 +8,7 @@ import os
 import time
 from typing import Any
 
+from mledge.contracts import MLP
 from mledge.ops import stack
 from mledge.ops.airflow_api import AirflowClient, password_for
 from mledge.ops.components import airflow_passwords_file
@@ -104,6 +105,15 @@ def mlflow_run_url(settings: Settings, run_id: str) -> str:
     return f"{settings.mlflow_uri}/#/experiments/{experiment}/runs/{run_id}"
 
 
+def held_out_line(promotion: dict[str, Any], pooled_f1: float | None) -> str:
+    """The registered model's family, its decision threshold and the F1 of the failure class on the sites' held-out
+    rows: pooled (from summed counts, the run's final evaluation) and per site (the promotion evidence)."""
+    per_site = ", ".join(f"{s} {e['candidate']['f1']:.3f}" for s, e in sorted((promotion.get("holdout") or {}).items()))
+    pooled = f"{pooled_f1:.3f}" if pooled_f1 is not None else "?"
+    return (f"family {promotion.get('model_family') or '?'}, threshold {promotion.get('threshold') or '?'}: "
+            f"held-out F1 {pooled} (per site {per_site})")
+
+
 def print_summary(settings: Settings, facts: dict[str, Any]) -> None:
     print()
     print(f"DAG run      {facts['dag_run_id']}: {facts['state']}")
@@ -128,6 +138,8 @@ def print_summary(settings: Settings, facts: dict[str, Any]) -> None:
     if promotion:
         print(f"Promotion    {promotion['registered_model']} v{promotion['version']} -> {promotion['alias']}: "
               f"{promotion['reason']}")
+        final = list(round_metrics(result["mlflow_run_id"]).values()) if result.get("mlflow_run_id") else []
+        print(f"             {held_out_line(promotion, final[-1].get('eval_f1') if final else None)}")
         for m in (promotion.get("site_models") or {}).values():
             print(f"             {m['registered_model']} v{m['version']} -> {m['alias']}: {m['reason']}")
         if promotion.get("drift_alerts"):
@@ -163,7 +175,8 @@ def run_attack_demo(settings: Settings, rounds: int, timeout: float, profile: st
     results = {}
     try:
         for strategy in ("fedavg", "mledge-robust"):
-            conf = {"rounds": rounds, "strategy": strategy, "attack_site": "plant_c", "attack_profile": profile}
+            conf = {"rounds": rounds, "strategy": strategy, "attack_site": "plant_c", "attack_profile": profile,
+                    "model_family": MLP}  # robust aggregation applies to the neural family
             results[strategy] = trigger_training(settings, conf, timeout)
     finally:
         if before is None:

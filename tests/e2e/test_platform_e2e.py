@@ -480,7 +480,8 @@ def _load_as_site(platform: Platform, site: str, model: str) -> subprocess.Compl
         MLFLOW_TRACKING_PASSWORD=json.loads((platform.secrets / "mlflow_users.json").read_text())["users"][site],
         MLFLOW_TRACKING_SERVER_CERT_PATH=platform.ca,
     )
-    code = f"import mlflow.pytorch; print(type(mlflow.pytorch.load_model('models:/{model}@champion')).__name__)"
+    # pyfunc: whichever flavour the champion's family is logged with (pytorch or xgboost)
+    code = f"import mlflow.pyfunc; print(type(mlflow.pyfunc.load_model('models:/{model}@champion')).__name__)"
     return subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300)
 
 

@@ -111,6 +111,11 @@ def test_robust_rules_are_refused_for_trees_with_the_reason(name):
         tree_strategy(name, min_nodes=3)
 
 
+def test_privacy_modes_are_refused_for_trees():
+    with pytest.raises(UnsupportedStrategyError, match="cannot run under privacy mode 'secagg'"):
+        tree_strategy("fedavg", min_nodes=3, privacy="secagg")
+
+
 def test_an_unknown_family_is_refused():
     with pytest.raises(ValueError, match="unknown model family 'forest'"):
         families.family_of({MODEL_FAMILY_KEY: "forest"})

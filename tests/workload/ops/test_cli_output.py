@@ -145,7 +145,7 @@ def test_help_lists_choices_defaults_and_examples(home):
     fl_start = run("fl", "start", "--help", env=home).stdout
     assert "--strategy {mledge-robust,fedavg,krum," in fl_start and "(default: fedavg)" in fl_start
     assert "--rounds ROUNDS       default: 30" in fl_start
-    assert "--model-family {mlp,xgboost}" in fl_start and "(default: mlp)" in fl_start
+    assert "--model-family {mlp,xgboost}" in fl_start and "(default: xgboost)" in fl_start
     status = run("status", "--help", env=home).stdout
     assert "examples:" in status and "mledge status --json" in status
     federation = run("console", "federation", "--help", env=home).stdout

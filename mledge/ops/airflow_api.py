@@ -140,9 +140,20 @@ class AirflowClient:
             "GET", f"/dags/{dag_id}/dagRuns/{run_id}/taskInstances/{task_id}/logs/{try_number}",
             params={"full_content": "true"}, headers={"Accept": "application/json"},
         )
-        content = document.get("content", [])
-        return "\n".join(c.get("event", "") if isinstance(c, dict) else str(c) for c in content)
+        return "\n".join(_log_line(c) for c in document.get("content", []))
 
     def edge_workers(self) -> list[dict]:
         """The edge workers Airflow knows (name, queues, state, last heartbeat): the Edge provider's UI API."""
         return self._call("GET", "/worker", prefix="/edge_worker/ui")["workers"]
+
+
+def _log_line(entry: Any) -> str:
+    """One structured log entry as text: its event, and for a failure the exception's type and message (Airflow 3
+    keeps them in ``error_detail``, beside an event that only says "Task failed with exception")."""
+    if not isinstance(entry, dict):
+        return str(entry)
+    text = str(entry.get("event", ""))
+    for error in entry.get("error_detail") or []:
+        if isinstance(error, dict):
+            text += f"\n{error.get('exc_type', 'Error')}: {error.get('exc_value', '')}"
+    return text

@@ -20,6 +20,7 @@ gateway neither needs nor sees a secret). The gateway speaks TLS with the projec
 
 from __future__ import annotations
 
+import re
 import ssl
 from collections.abc import Sequence
 from contextlib import asynccontextmanager
@@ -41,6 +42,9 @@ ROUTES = {
     # MLflow's REST API (each site with its own identity and grants: mlflow/permissions.toml), not its UI.
     "mlflow": ("/api/2.0/mlflow/", "/api/2.0/mlflow-artifacts/", "/api/3.0/mlflow/"),
 }
+# Never forwarded, whatever the route: MLflow's account and permission administration (a site has no business
+# there, and an answer would tell an attacker which users exist).
+DENIED = re.compile(r"^/api/[0-9.]+/mlflow/(users/|[^/]+/permissions/)")
 
 
 @dataclass(frozen=True)
@@ -54,6 +58,8 @@ class GatewayConfig:
 def allowed(path: str, allow: Sequence[str]) -> bool:
     """Whether ``path`` is under one of the allowed prefixes, refusing dot segments that could climb out."""
     if any(segment in ("..", ".") for segment in path.split("/")) or "%2e" in path.lower() or "\\" in path:
+        return False
+    if DENIED.match(path) or "//" in path:
         return False
     return any(path.startswith(prefix) for prefix in allow)
 

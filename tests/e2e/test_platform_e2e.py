@@ -154,8 +154,8 @@ def test_drift_at_plant_b_triggers_retraining_through_the_asset(platform):
     client = platform.airflow()
     known = {r["dag_run_id"] for r in client.runs(DAG_ID)}
 
-    _, state, tasks = run_dag(platform, "concept_drift_evaluation", {"retraining": "auto", "simulations": 500})
-    assert state == "success", f"{tasks}\n{platform.logs()}"
+    drift_run, state, tasks = run_dag(platform, "concept_drift_evaluation", {"retraining": "auto", "simulations": 500})
+    assert state == "success", (tasks, failed_logs(platform, "concept_drift_evaluation", drift_run, tasks))
     alerts = drift_alerts(platform)
     confirmed = [a for a in alerts if a["decision"] == "drift"]
     assert {a["site"] for a in confirmed} == {"plant_b"}, alerts
@@ -278,10 +278,14 @@ def test_no_raw_row_of_any_site_reached_the_platform(platform, airflow_db_url):
     for dag_id in ("federated_training", "data_collection", "concept_drift_evaluation"):
         for run in client.runs(dag_id):
             for task in client.task_instances(dag_id, run["dag_run_id"]):
-                if task["state"] == "success":
-                    texts[f"xcom {dag_id} {task['task_id']}"] = json.dumps(
-                        client.xcom(dag_id, run["dag_run_id"], task["task_id"], map_index=task.get("map_index", -1))
-                    )
+                if task["state"] != "success":
+                    continue
+                try:
+                    value = client.xcom(dag_id, run["dag_run_id"], task["task_id"], map_index=task.get("map_index", -1))
+                except AirflowApiError as exc:  # a sensor or an empty task returns nothing
+                    assert "HTTP 404" in str(exc), exc
+                    continue
+                texts[f"xcom {dag_id} {task['task_id']}"] = json.dumps(value)
     for path in (platform.platform_home / "airflow" / "logs").rglob("*"):
         if path.is_file():
             texts[str(path)] = path.read_text(errors="replace")
@@ -492,7 +496,9 @@ def test_a_site_loads_its_own_and_the_global_champion_and_no_other(platform):
     shared = _load_as_site(platform, "plant_a", GLOBAL_MODEL)
     assert shared.returncode == 0, shared.stderr[-3000:]
     other = _load_as_site(platform, "plant_a", "plant_b-axis_failures-federated")
-    assert other.returncode != 0 and "PERMISSION_DENIED" in other.stderr, other.stderr[-3000:]
+    # MLflow answers 403: PERMISSION_DENIED from its REST handlers, "Permission denied" from its auth layer.
+    assert other.returncode != 0 and ("PERMISSION_DENIED" in other.stderr or "error code 403" in other.stderr), (
+        other.stderr[-3000:])
 
 
 def test_no_drift_report_left_its_site(platform):

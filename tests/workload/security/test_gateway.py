@@ -85,6 +85,14 @@ def test_the_path_rule_itself():
     for path in ("/api/v2/dags", "/auth/token", "/edge_worker/ui/worker", "/edge_worker/v1/../../api/v2/dags",
                  "/execution\\..\\api"):
         assert not allowed(path, ROUTES["edge"]), path
+    # MLflow's REST API for a site's runs and models, never its account and permission administration.
+    for path in ("/api/2.0/mlflow/runs/create", "/api/2.0/mlflow-artifacts/artifacts/1/abc/artifacts/decision.json",
+                 "/api/2.0/mlflow/registered-models/alias"):
+        assert allowed(path, ROUTES["mlflow"]), path
+    for path in ("/api/2.0/mlflow/users/create", "/api/2.0/mlflow/users/update-admin",
+                 "/api/2.0/mlflow/experiments/permissions/update", "/api/2.0/mlflow/registered-models/permissions/get",
+                 "/api/3.0/mlflow/users/get", "/api/2.0/mlflow//users/create"):
+        assert not allowed(path, ROUTES["mlflow"]), path
 
 
 def test_an_unreachable_upstream_is_a_clear_502(free_ports):

@@ -18,6 +18,7 @@ import socket
 import statistics
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
@@ -101,7 +102,7 @@ class RunTimes:
         return round(statistics.median(self.round_s), 3) if self.round_s else None
 
 
-def _round_ends(folder: Path) -> list[float]:
+def round_ends(folder: Path) -> list[float]:
     ends: dict[int, float] = {}
     path = folder / "metrics.jsonl"
     for line in path.read_text().splitlines() if path.exists() else []:
@@ -176,7 +177,7 @@ class Federation:
         # MLflow's schema made once, before the ServerApp writes (first creation on SQLite can race).
         mlflow.MlflowClient(f"sqlite:///{self.platform / 'mlflow.db'}").search_experiments()
 
-    def start(self, timeout: float = 900.0, wave: int = 6) -> None:
+    def start(self, timeout: float = 900.0, wave: int = 6, before_wave: Callable[[], None] | None = None) -> None:
         """The SuperLink, then the trainers (``wave`` at a time: each warms torch up), then the SuperNodes."""
         self._prepare_platform()
         superlink = Component(
@@ -198,6 +199,8 @@ class Federation:
                 for site, store in self.sites.items()
             ]
             for i in range(0, len(trainers), wave):
+                if before_wave is not None:  # e.g. refuses to go on when the machine runs short of memory
+                    before_wave()
                 self._launch(trainers[i : i + wave], timeout)
         supernodes = [
             Component(
@@ -230,7 +233,7 @@ class Federation:
         time.sleep(2.0)  # the last ClientApp processes exit and are reaped: their CPU is counted
         cpu = {name: round(s - cpu_before.get(name, 0.0), 2) for name, s in self.cpu().items()}
         folder = outbox_dir(self.platform, run_id)
-        return RunTimes(run_id, info["status"], _round_ends(folder), round(wall, 2), _compute(folder), cpu)
+        return RunTimes(run_id, info["status"], round_ends(folder), round(wall, 2), _compute(folder), cpu)
 
     def cpu(self) -> dict[str, float]:
         """CPU seconds so far per running component, with everything it started."""

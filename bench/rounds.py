@@ -30,7 +30,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from bench.federation import Federation, load_average
+from bench.federation import Federation, load_average, round_ends
 
 OUT = Path(__file__).parent / "results" / "rounds.json"
 SITES = ("plant_a", "plant_b", "plant_c")
@@ -137,8 +137,13 @@ def measure_dag(rounds: int = 3, timeout: float = 900.0) -> dict[str, Any]:
             begun, done = _airflow_time(t.get("start_date")), _airflow_time(t.get("end_date"))
             tasks[t["task_id"]] = {"state": t["state"],
                                    "seconds": round((done - begun).total_seconds(), 1) if begun and done else None}
+        # The Flower run's own round times, from the ServerApp's outbox at the platform (the newest run there).
+        outboxes = sorted((settings.platform_home / "flower" / "outbox").glob("*/metrics.jsonl"),
+                          key=lambda path: path.stat().st_mtime)
+        ends = round_ends(outboxes[-1].parent) if outboxes else []
         return {
             "measured_at": datetime.now(UTC).isoformat(timespec="seconds"),
+            "flower_round_s": [round(b - a, 3) for a, b in zip(ends, ends[1:], strict=False)],
             "how": "the local stack (`mledge stack up`: Airflow, MLflow, SuperLink, gateways, 3 sites with their "
                    "trainers), federated_training triggered through Airflow's REST API with rounds=3",
             "stack_started_for_it": start_stack,

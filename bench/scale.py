@@ -24,6 +24,7 @@ import os
 import platform
 import resource
 import shutil
+import signal
 import statistics
 import subprocess
 import sys
@@ -37,9 +38,20 @@ OUT = Path(__file__).parent / "results" / "scale.json"
 SIM_ROWS, SIM_BATCHES = 100, 1
 NODE_ROWS, NODE_BATCHES = 500, 2
 TARGET_S, TARGET_SITES = 60.0, 1000
-# Memory a real site needs on this machine (measured: trainer ~320 MB private, SuperNode ~100 MB, plus a ClientApp
-# process per message ~70 MB); the 30-SuperNode part starts only with this much available per site, plus a margin.
+# Memory a real site needs on this machine (measured: trainer ~330 MB PSS, SuperNode ~105 MB, plus a ClientApp
+# process per message ~100 MB); the 30-SuperNode part starts only with this much available per site, plus a margin,
+# and stops (everything it started, by PID) when the machine, shared with other work, falls below the margin.
 PER_SITE_MB, MARGIN_MB = 550, 2048
+
+
+class ShortOfMemory(RuntimeError):
+    """The machine has too little memory left to go on without pushing other work out."""
+
+
+def memory_guard(margin_mb: int = MARGIN_MB) -> None:
+    available = mem_available_mb()
+    if available < margin_mb:
+        raise ShortOfMemory(f"{available} MB available, below the {margin_mb} MB margin: stopped")
 
 
 def robust_default() -> str:
@@ -97,14 +109,16 @@ def simulate(stores: dict[str, Path], strategy_name: str, rounds: int) -> dict[s
             client_s += time.perf_counter() - started
 
     ends: dict[int, float] = {}
+    cpu_ends: dict[int, float] = {}  # this process's CPU seconds: what a round costs, whatever else the machine runs
 
     def sink(metrics: dict[str, float], step: int) -> None:
         if any(k.endswith("/aggregation_weight") for k in metrics):
             ends[step] = time.perf_counter()
+            cpu_ends[step] = time.process_time()
 
     strategy = build_strategy(strategy_name, min_nodes=len(stores), state=MemoryStateStore())
     with InProcessGrid(app, nodes) as grid:
-        began = time.perf_counter()
+        began, cpu_began = time.perf_counter(), time.process_time()
         train_rounds(
             grid, strategy, ArrayRecord(build_model(seed=0).state_dict()), rounds=rounds,
             train_config=ConfigRecord({"local-epochs": 2, "learning-rate": 0.005}),
@@ -113,12 +127,16 @@ def simulate(stores: dict[str, Path], strategy_name: str, rounds: int) -> dict[s
     marks = [began, *(ends[r] for r in sorted(ends))]
     per_round = [round(b - a, 3) for a, b in zip(marks, marks[1:], strict=False)]
     counted = per_round[1:] or per_round
+    cpu_marks = [cpu_began, *(cpu_ends[r] for r in sorted(cpu_ends))]
+    cpu_per_round = [round(b - a, 3) for a, b in zip(cpu_marks, cpu_marks[1:], strict=False)]
     return {
         "sites": len(stores),
         "strategy": strategy_name,
         "rounds": rounds,
         "round_s": per_round,
         "median_round_s": round(statistics.median(counted), 3),
+        "cpu_s_per_round": cpu_per_round,
+        "median_round_cpu_s": round(statistics.median(cpu_per_round[1:] or cpu_per_round), 3),
         "clientapp_s_total": round(client_s, 2),
         "server_s_total": round(sum(per_round) - client_s, 2),
         "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
@@ -178,13 +196,28 @@ def run_supernodes(root: Path, count: int, rounds: int) -> dict[str, Any]:
     print(f"== {count} real SuperNodes with their trainers, {rounds} rounds", flush=True)
     stores = make_stores(root / "sites", count, NODE_BATCHES, NODE_ROWS, prefix="node")
     load_before = load_average()
-    with Federation(root, stores, trainers=True, name=f"supernodes-{count}") as federation:
-        started = time.monotonic()
-        federation.start(timeout=1800.0, wave=5)
-        start_s = time.monotonic() - started
-        times = federation.run({"num-server-rounds": rounds, "min-nodes": count, "min-replies": count // 2},
-                               timeout=3600.0)
-        memory = federation.memory()
+    federation = Federation(root, stores, trainers=True, name=f"supernodes-{count}")
+    stopped: dict[str, Any] = {}
+
+    def guard() -> None:
+        try:
+            memory_guard()
+        except ShortOfMemory:
+            stopped["sites_up"] = sum(1 for c in federation.components if c.name.startswith("trainer-"))
+            stopped["memory_mb"] = {k: round(v.get("pss", 0) / 1024, 1) for k, v in federation.memory().items()}
+            raise
+
+    try:
+        with federation:
+            started = time.monotonic()
+            federation.start(timeout=1800.0, wave=5, before_wave=guard)
+            start_s = time.monotonic() - started
+            guard()
+            times = federation.run({"num-server-rounds": rounds, "min-nodes": count, "min-replies": count // 2},
+                                   timeout=3600.0)
+            memory = federation.memory()
+    except ShortOfMemory as exc:
+        return {**base, "status": f"not completed: {exc}", "when_stopped": stopped}
     kinds = {kind: [m for name, m in memory.items() if name.startswith(kind) and m]
              for kind in ("supernode-", "trainer-")}
     return {
@@ -228,6 +261,7 @@ def main(argv: list[str] | None = None) -> int:
         "engine": "fl/simulation/harness.py InProcessGrid (Flower's run_simulation needs Ray, not in the lock)",
     }
     try:
+        signal.signal(signal.SIGTERM, _stop)  # a stopped benchmark still stops what it started
         if not args.skip_simulation:
             simulation = run_simulation(root / "sim", args.sizes, args.rounds)
             largest = [r for r in simulation if r.get("sites") == TARGET_SITES and "median_round_s" in r]
@@ -240,18 +274,27 @@ def main(argv: list[str] | None = None) -> int:
                            "measured": {r["strategy"]: r["median_round_s"] for r in largest},
                            "met": bool(largest) and all(r["median_round_s"] <= TARGET_S for r in largest)},
             }
+            _write(args.out, document)  # kept, whatever happens to the next part
         if args.supernodes:
             document["supernodes"] = run_supernodes(root / "nodes", args.supernodes, args.rounds)
     finally:
         shutil.rmtree(root, ignore_errors=True)
-    previous = json.loads(args.out.read_text()) if args.out.exists() else {}
+    _write(args.out, document)
+    print(f"written to {args.out}")
+    return 0
+
+
+def _stop(signum: int, frame: object) -> None:
+    raise SystemExit(f"stopped by signal {signum}")
+
+
+def _write(path: Path, document: dict[str, Any]) -> None:
+    previous = json.loads(path.read_text()) if path.exists() else {}
     for key in ("simulation", "supernodes"):
         if key not in document and key in previous:
             document[key] = {**previous[key], "note": "kept from an earlier run"}
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(document, indent=2) + "\n")
-    print(f"written to {args.out}")
-    return 0
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(document, indent=2) + "\n")
 
 
 if __name__ == "__main__":

@@ -19,7 +19,6 @@ the per-row digests are combined with a 64-bit mixing function in NumPy, in two 
 from __future__ import annotations
 
 import hashlib
-import io
 import json
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
@@ -30,7 +29,6 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.csv as pacsv
 
 from costs.focus import (
     ADDITIVE_COLUMNS,
@@ -80,7 +78,7 @@ IDENTITY_COLUMNS = tuple(c for c in ALL_FOCUS_COLUMNS if c not in ADDITIVE_COLUM
 _NUMBER = r"^\s*[+-]?(\d+(\.\d*)?|\.\d+)([eE][+-]?\d+)?\s*$"
 _ZONE = r"(Z|z|[+-]\d\d:?\d\d)$"
 _DATE_ONLY = r"^\d{4}-\d{2}-\d{2}$"
-FINGERPRINT_SALT = b"mledge-cost-day-v2"
+FINGERPRINT_SALT = b"mledge-cost-day-v3"
 
 
 @dataclass
@@ -112,11 +110,15 @@ def _null(type_: pa.DataType) -> pa.Scalar:
 def _as_text(column: pa.Array | pa.ChunkedArray) -> pa.Array:
     """A column as trimmed UTF-8 text, empty values as null (the FOCUS null)."""
     if isinstance(column, pa.ChunkedArray):
+        if column.num_chunks == 1:
+            return _as_text(column.chunk(0))
+        if pa.types.is_dictionary(column.type):  # each file's dictionary trimmed on its own
+            return pa.concat_arrays([_as_text(chunk) for chunk in column.chunks] or [pa.array([], pa.string())])
         column = column.combine_chunks()
     if pa.types.is_null(column.type):
         return pa.nulls(len(column), pa.string())
-    if pa.types.is_dictionary(column.type):
-        column = column.cast(column.type.value_type)
+    if pa.types.is_dictionary(column.type):  # Parquet's dictionary pages: each distinct value trimmed once
+        return _as_text(column.dictionary).take(column.indices)
     if pa.types.is_large_string(column.type):
         column = column.cast(pa.string())
     if not pa.types.is_string(column.type):
@@ -125,11 +127,59 @@ def _as_text(column: pa.Array | pa.ChunkedArray) -> pa.Array:
     return pc.if_else(pc.equal(trimmed, ""), _null(pa.string()), trimmed)
 
 
+def _encoded(column: pa.Array | pa.ChunkedArray) -> tuple[pa.Array, pa.DictionaryArray | None]:
+    """One array, and its dictionary encoding when its values repeat enough to be worth converting once each
+    (None: convert every row)."""
+    if isinstance(column, pa.ChunkedArray):
+        column = column.combine_chunks()  # dictionaries of several files are unified
+    if pa.types.is_dictionary(column.type):
+        return column, column  # used through its dictionary only
+    if len(column) < 64 or pc.count_distinct(column.slice(0, 1024)).as_py() * 2 > min(len(column), 1024):
+        return column, None  # amounts: nearly every value differs (judged from the first rows)
+    encoded = pc.dictionary_encode(column)
+    return column, (encoded if len(encoded.dictionary) * 2 <= len(column) else None)
+
+
+def by_distinct(column: pa.Array | pa.ChunkedArray, convert: Callable[[pa.Array], pa.Array]) -> pa.Array:
+    """``convert`` applied to each distinct value once and spread back over the rows, when the column repeats its
+    values (a unit price per SKU, an hour's timestamp); applied to every row otherwise."""
+    column, encoded = _encoded(column)
+    if encoded is None:
+        return convert(column)
+    return convert(encoded.dictionary).take(encoded.indices)
+
+
+def _per_distinct(column: pa.Array | pa.ChunkedArray, name: str, problems: Problems, *, required: bool,
+                  convert: Callable[[pa.Array, Problems], pa.Array]) -> pa.Array:
+    """Like ``by_distinct`` for a checked conversion: a problem of a distinct value is reported for each of its
+    rows, and a null row of a required column is reported empty."""
+    column, encoded = _encoded(column)
+    if encoded is None:
+        return convert(column, problems)
+    found = Problems()
+    converted = convert(encoded.dictionary, found)
+    index = pc.fill_null(encoded.indices, -1).to_numpy(zero_copy_only=False)
+    if found:
+        rows_of: dict[int, list[int]] = {}
+        for row in np.flatnonzero(np.isin(index, np.fromiter(found.by_row, dtype=np.int64))):
+            rows_of.setdefault(int(index[row]), []).append(int(row))
+        for position, (field_name, problem) in found.by_row.items():
+            problems.add(rows_of.get(position, []), field_name, problem)
+    if required:
+        problems.add(np.flatnonzero(index < 0), name, "is empty")
+    return converted.take(encoded.indices)
+
+
 def _decimal(column: pa.Array | pa.ChunkedArray, name: str, problems: Problems, *, places: int,
              limit: Decimal, required: bool) -> pa.Array:
-    """Exact decimals from text, integers, decimals or doubles (by shortest representation)."""
-    if isinstance(column, pa.ChunkedArray):
-        column = column.combine_chunks()
+    """Exact decimals from text, integers, decimals or doubles (by shortest representation), each distinct value
+    parsed once."""
+    return _per_distinct(column, name, problems, required=required, convert=lambda values, found: _decimal_values(
+        values, name, found, places=places, limit=limit, required=required))
+
+
+def _decimal_values(column: pa.Array, name: str, problems: Problems, *, places: int, limit: Decimal,
+                    required: bool) -> pa.Array:
     target = pa.decimal128(38, places)
     typed = pa.types.is_decimal(column.type) or pa.types.is_integer(column.type) or pa.types.is_floating(column.type)
     if typed:  # Parquet numbers: no text to check; doubles go through their shortest round-tripping text
@@ -191,7 +241,11 @@ def _stamps(column: pa.Array | pa.ChunkedArray, name: str, problems: Problems, *
         return _naive(column)
     if pa.types.is_date(column.type):
         return column.cast(STAMP)
-    text = _as_text(column)
+    return _per_distinct(_as_text(column), name, problems, required=required,
+                         convert=lambda values, found: _stamps_text(values, name, found, required=required))
+
+
+def _stamps_text(text: pa.Array, name: str, problems: Problems, *, required: bool) -> pa.Array:
     if required:
         problems.add(_indices(pc.is_null(text)), name, "is empty")
     text = pc.replace_substring_regex(text, r"\s*UTC$", "Z")
@@ -532,15 +586,91 @@ def merge_duplicates(table: pa.Table, keys: pa.Array) -> tuple[pa.Table, pa.Arra
     return merged, grouped["_key"].combine_chunks()
 
 
+_NULL_LANES = (np.uint64(0x452821E638D01377), np.uint64(0xBE5466CF34E90C6C))
+
+
+def _value_lanes(name: str, column: pa.Array) -> tuple[np.ndarray, np.ndarray]:
+    """Two 64-bit lanes per row standing for the value (null distinct from every value): fixed-width values as
+    their bits, text of one length as its bytes, other text through ``_column_digests``."""
+    n = len(column)
+    type_ = column.type
+    if pa.types.is_decimal(type_):
+        words = np.frombuffer(column.buffers()[1], dtype="<u8", count=2 * (column.offset + n))[2 * column.offset:]
+        a, b = words[0::2].copy(), words[1::2].copy()
+    elif pa.types.is_timestamp(type_) or pa.types.is_integer(type_) or pa.types.is_boolean(type_):
+        values = pc.fill_null(column.cast(pa.int64()), 0).to_numpy(zero_copy_only=False).view(np.uint64)
+        a, b = values, values ^ _SEEDS[1]
+    else:
+        text = column if pa.types.is_string(type_) else column.cast(pa.string())
+        offsets = np.frombuffer(text.buffers()[1], dtype="<i4", count=text.offset + n + 1)[text.offset:]
+        lengths = np.diff(offsets)
+        width = int(lengths[0]) if n else 0
+        if n and not text.null_count and np.all(lengths == width) and width:  # e.g. x_row_key: no dictionary
+            raw = np.frombuffer(text.buffers()[2], dtype=np.uint8, count=int(offsets[-1] - offsets[0]),
+                                offset=int(offsets[0]))
+            padded = np.zeros((n, -(-width // 8) * 8), dtype=np.uint8)
+            padded[:, :width] = raw[: n * width].reshape(n, width)
+            words = padded.view("<u8")
+            a = np.full(n, _SEEDS[0], dtype=np.uint64)
+            b = np.full(n, _SEEDS[1], dtype=np.uint64)
+            for i in range(words.shape[1]):
+                a, b = _mix(a, words[:, i]), _mix(b, words[:, i] ^ _K1)
+        else:
+            a, b, _ = _column_digests(name, text)
+    if column.null_count:
+        nulls = pc.is_null(column).to_numpy(zero_copy_only=False)
+        a, b = a.copy(), b.copy()
+        a[nulls], b[nulls] = _NULL_LANES
+    return a, b
+
+
 def fingerprint(table: pa.Table) -> str:
-    """A digest of a day's content (rows in key order, every stored column): equal means nothing to write."""
-    order = pc.sort_indices(table, sort_keys=[("x_row_key", "ascending")])
-    ordered = table.take(order).drop_columns([c for c in ("x_ingestion_run",) if c in table.column_names])
-    buffer = io.BytesIO()
-    pacsv.write_csv(ordered, buffer, pacsv.WriteOptions(include_header=True))
-    return hashlib.blake2b(FINGERPRINT_SALT + buffer.getvalue(), digest_size=16).hexdigest()
+    """A digest of a day's content (every stored column but the ingestion run, whatever the row order): equal
+    means nothing to write. Each row is digested column by column in NumPy (two 64-bit lanes); the rows' digests
+    are added up (a multiset hash), with the row count and column names, into BLAKE2b."""
+    names = [c for c in table.column_names if c != "x_ingestion_run"]
+    n = table.num_rows
+    first = np.full(n, _SEEDS[0], dtype=np.uint64)
+    second = np.full(n, _SEEDS[1], dtype=np.uint64)
+    for name in names:
+        salt = np.frombuffer(hashlib.blake2b(name.encode(), digest_size=16).digest(), dtype="<u8")
+        a, b = _value_lanes(name, table[name].combine_chunks())
+        first, second = _mix(first, a ^ salt[0]), _mix(second, b ^ salt[1])
+    with np.errstate(over="ignore"):
+        sums = np.array([first.sum(dtype=np.uint64), second.sum(dtype=np.uint64),
+                         _mix(first, second).sum(dtype=np.uint64)], dtype="<u8")
+    header = FINGERPRINT_SALT + n.to_bytes(8, "little") + "\x1f".join(names).encode()
+    return hashlib.blake2b(header + sums.tobytes(), digest_size=16).hexdigest()
 
 
 def day_of(table: pa.Table) -> pa.Array:
     """The UTC day (as a timestamp at midnight) of every row's ChargePeriodStart."""
     return pc.floor_temporal(table["ChargePeriodStart"].combine_chunks(), unit="day")
+
+
+def decoded(table: pa.Table) -> pa.Table:
+    """The table with dictionary-encoded columns (Parquet text read as dictionaries) as plain values."""
+    columns = []
+    for field_ in table.schema:
+        column = table[field_.name]
+        if pa.types.is_dictionary(field_.type):
+            column = column.cast(field_.type.value_type)
+        elif pa.types.is_map(field_.type) and (pa.types.is_dictionary(field_.type.key_type)
+                                               or pa.types.is_dictionary(field_.type.item_type)):
+            plain = pa.map_(_value_type(field_.type.key_type), _value_type(field_.type.item_type))
+            column = pa.chunked_array([_plain_map(chunk, plain) for chunk in column.chunks], plain)
+        columns.append(column)
+    return pa.table(columns, names=table.column_names)
+
+
+def _value_type(type_: pa.DataType) -> pa.DataType:
+    return type_.value_type if pa.types.is_dictionary(type_) else type_
+
+
+def _plain_map(chunk: pa.MapArray, type_: pa.DataType) -> pa.Array:
+    keys, items = chunk.keys, chunk.items
+    keys = keys.cast(type_.key_type) if pa.types.is_dictionary(keys.type) else keys
+    items = items.cast(type_.item_type) if pa.types.is_dictionary(items.type) else items
+    # a slice's offsets point into its whole children, which .keys and .items are
+    return pa.MapArray.from_arrays(chunk.offsets, keys, items, type=type_,
+                                   mask=chunk.is_null() if chunk.null_count else None)

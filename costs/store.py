@@ -16,10 +16,13 @@ FOCUS version and delivery read, ingestion run. Natural key: ``(x_source, x_row_
   rewrites only the rows whose values changed, and the day's rows whose key is not in the batch (a charge gone
   from a re-issued export) are deleted ("replaced").
 
-Bulk paths: PostgreSQL ``COPY ... FROM STDIN (FORMAT csv)`` of the CSV Arrow writes in C++ (psycopg 3, or
-psycopg2's ``copy_expert``); SQLite through ADBC's SQLite driver (``adbc_ingest`` binds Arrow arrays in C), with
-amounts as integer 1e-10 units and timestamps as the text SQLAlchemy reads. Other databases (and in-memory
-SQLite) go through SQLAlchemy's executemany, which is slow but the same.
+Bulk paths, each in one transaction of an ADBC connection of the store's own: PostgreSQL through
+``adbc-driver-postgresql`` (a binary COPY written from the Arrow arrays in C: decimals go as NUMERIC, nothing is
+formatted as text or parsed by the server), SQLite through ADBC's SQLite driver (``adbc_ingest`` binds Arrow
+arrays in C), with amounts as integer 1e-10 units and timestamps as the text SQLAlchemy reads. Without the
+PostgreSQL ADBC driver: ``COPY ... FROM STDIN (FORMAT csv)`` of the CSV Arrow writes in C++ (psycopg 3, or
+psycopg2's ``copy_expert``) on SQLAlchemy's connection. Other databases (and in-memory SQLite) go through
+SQLAlchemy's executemany, which is slow but the same.
 """
 
 from __future__ import annotations
@@ -300,8 +303,8 @@ class CostStore:
         table = _bookkeeping(table, source, run_id)
         digest = fingerprint(table)
         low, high = day_start(day), day_start(day + timedelta(days=1))
-        if self._adbc_path is not None:
-            return self._write_day_sqlite(source, day, low, high, table, digest, run_id, delivery)
+        if self._adbc_target is not None:
+            return self._write_day_adbc(source, day, low, high, table, digest, run_id, delivery)
         try:
             with self.engine.begin() as conn:
                 count = self._stored(conn, source, low, high)
@@ -338,12 +341,19 @@ class CostStore:
     # --- day writes ------------------------------------------------------------------------------------------
 
     @property
-    def _adbc_path(self) -> str | None:
-        """The SQLite file ADBC writes to (None: not SQLite, or in memory)."""
-        database = self.engine.url.database
-        if self.dialect != "sqlite" or not database or database == ":memory:":
-            return None
-        return database
+    def _adbc_target(self) -> str | None:
+        """Where ADBC writes days: the SQLite file, or the PostgreSQL URI when its ADBC driver is installed (None:
+        in-memory SQLite, another database, or no driver: SQLAlchemy's path)."""
+        url = self.engine.url
+        if self.dialect == "sqlite":
+            return url.database if url.database and url.database != ":memory:" else None
+        if self.dialect == "postgresql":
+            try:
+                import adbc_driver_postgresql  # noqa: F401
+            except ImportError:
+                return None
+            return url.set(drivername="postgresql").render_as_string(hide_password=False)
+        return None
 
     @property
     def _refusals(self) -> tuple[type[BaseException], ...]:
@@ -407,42 +417,63 @@ class CostStore:
         conn.exec_driver_sql(_delete_missing_sql("cost_rows_incoming", "%(source)s", "%(low)s", "%(high)s"),
                              {"source": source, "low": low, "high": high})
 
-    def _write_day_sqlite(self, source: str, day: date, low: datetime, high: datetime, table: Any, digest: str,
-                          run_id: int, delivery: str | None) -> DayOutcome:
-        """The day through ADBC's SQLite driver, in one transaction of its own connection."""
+    def _write_day_adbc(self, source: str, day: date, low: datetime, high: datetime, table: Any, digest: str,
+                        run_id: int, delivery: str | None) -> DayOutcome:
+        """The day through ADBC (SQLite: Arrow arrays bound in C; PostgreSQL: binary COPY written from Arrow in
+        C), in one transaction of ADBC's own connection."""
         import adbc_driver_manager
 
+        sqlite = self.dialect == "sqlite"
         connection = self._adbc()
+
+        def ph(i: int) -> str:
+            return "?" if sqlite else f"${i}"
+
+        if sqlite:
+            staging = "temp.cost_rows_incoming"
+            window = (source, _sqlite_stamp(low), _sqlite_stamp(high))
+            day_key, written_at = day.isoformat(), _sqlite_stamp(_now())
+            rows = _sqlite_form(table)
+        else:
+            staging = "cost_rows_incoming"
+            window, day_key, written_at = (source, low, high), day, _now()
+            rows = _postgres_form(table)
         cursor = connection.cursor()
         try:
-            cursor.execute('SELECT count(*) FROM cost_rows WHERE x_source = ? AND "ChargePeriodStart" >= ? AND '
-                           '"ChargePeriodStart" < ?', (source, _sqlite_stamp(low), _sqlite_stamp(high)))
+            cursor.execute(f'SELECT count(*) FROM cost_rows WHERE x_source = {ph(1)} AND "ChargePeriodStart" >= '
+                           f'{ph(2)} AND "ChargePeriodStart" < {ph(3)}', window)
             count = int(cursor.fetchone()[0])
-            cursor.execute("SELECT rows, fingerprint FROM cost_days WHERE x_source = ? AND day = ?",
-                           (source, day.isoformat()))
+            cursor.execute(f"SELECT rows, fingerprint FROM cost_days WHERE x_source = {ph(1)} AND day = {ph(2)}",
+                           (source, day_key))
             stored = cursor.fetchone()
             if stored is not None and stored[1] == digest and stored[0] == count == table.num_rows:
                 connection.adbc_connection.rollback()
                 return DayOutcome(table.num_rows, "unchanged")
-            rows = _sqlite_form(table)
             if count == 0:
                 if rows.num_rows:
                     cursor.adbc_ingest("cost_rows", rows, mode="append")
                 action = "inserted"
             else:
-                cursor.execute("DROP TABLE IF EXISTS temp.cost_rows_incoming")
-                cursor.adbc_ingest("cost_rows_incoming", rows, mode="create", temporary=True)
-                cursor.execute(_upsert_sql("temp.cost_rows_incoming", "IS NOT"))
-                cursor.execute(_delete_missing_sql("temp.cost_rows_incoming", "?", "?", "?"),
-                               (source, _sqlite_stamp(low), _sqlite_stamp(high)))
-                cursor.execute("DROP TABLE temp.cost_rows_incoming")
+                if sqlite:
+                    cursor.execute("DROP TABLE IF EXISTS temp.cost_rows_incoming")
+                    cursor.adbc_ingest("cost_rows_incoming", rows, mode="create", temporary=True)
+                else:  # same column types, no id, constraints or indexes; emptied at each commit
+                    quoted = ", ".join(f'"{n}"' for n in VALUE_NAMES)
+                    cursor.execute(f"CREATE TEMPORARY TABLE IF NOT EXISTS cost_rows_incoming ON COMMIT DELETE ROWS "
+                                   f"AS SELECT {quoted} FROM cost_rows WITH NO DATA")
+                    if rows.num_rows:
+                        cursor.adbc_ingest("cost_rows_incoming", rows, mode="append", temporary=True)
+                cursor.execute(_upsert_sql(staging, "IS NOT" if sqlite else "IS DISTINCT FROM"))
+                cursor.execute(_delete_missing_sql(staging, ph(1), ph(2), ph(3)), window)
+                if sqlite:
+                    cursor.execute("DROP TABLE temp.cost_rows_incoming")
                 action = "replaced"
             cursor.execute(
                 "INSERT INTO cost_days (x_source, day, rows, fingerprint, x_ingestion_run, x_delivery, written_at) "
-                "VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (x_source, day) DO UPDATE SET rows = excluded.rows, "
-                "fingerprint = excluded.fingerprint, x_ingestion_run = excluded.x_ingestion_run, "
+                f"VALUES ({', '.join(ph(i) for i in range(1, 8))}) ON CONFLICT (x_source, day) DO UPDATE SET "
+                "rows = excluded.rows, fingerprint = excluded.fingerprint, x_ingestion_run = excluded.x_ingestion_run, "
                 "x_delivery = excluded.x_delivery, written_at = excluded.written_at",
-                (source, day.isoformat(), table.num_rows, digest, run_id, delivery, _sqlite_stamp(_now())))
+                (source, day_key, table.num_rows, digest, run_id, delivery, written_at))
             connection.adbc_connection.commit()
         except (adbc_driver_manager.IntegrityError, adbc_driver_manager.DataError,
                 adbc_driver_manager.ProgrammingError) as exc:
@@ -457,15 +488,20 @@ class CostStore:
 
     def _adbc(self):
         if self._adbc_connection is None:
-            import adbc_driver_sqlite.dbapi
+            if self.dialect == "sqlite":
+                import adbc_driver_sqlite.dbapi
 
-            connection = adbc_driver_sqlite.dbapi.connect(self._adbc_path, autocommit=True)
-            cursor = connection.cursor()
-            cursor.execute("PRAGMA busy_timeout = 120000")  # parallel tasks wait for the writer
-            cursor.execute("PRAGMA synchronous = NORMAL")
-            cursor.execute("PRAGMA cache_size = -262144")
-            cursor.execute("PRAGMA temp_store = MEMORY")
-            cursor.close()
+                connection = adbc_driver_sqlite.dbapi.connect(self._adbc_target, autocommit=True)
+                cursor = connection.cursor()
+                cursor.execute("PRAGMA busy_timeout = 120000")  # parallel tasks wait for the writer
+                cursor.execute("PRAGMA synchronous = NORMAL")
+                cursor.execute("PRAGMA cache_size = -262144")
+                cursor.execute("PRAGMA temp_store = MEMORY")
+                cursor.close()
+            else:
+                import adbc_driver_postgresql.dbapi
+
+                connection = adbc_driver_postgresql.dbapi.connect(self._adbc_target, autocommit=True)
             # Transactions from here on: commit and rollback go to the ADBC connection itself (the DB-API wrapper,
             # opened in autocommit mode so that the safety level could be set, would ignore them).
             connection.adbc_connection.set_autocommit(False)
@@ -593,19 +629,29 @@ def _sqlite_form(table: Any) -> Any:
     import pyarrow as pa
     import pyarrow.compute as pc
 
+    from costs.columnar import by_distinct
+
     columns = []
     for name in table.column_names:
         column = table[name].combine_chunks()
         if name in MONEY_COLUMNS:
             column = _units(column, np, pa)
-        elif name in QUANTITY_COLUMNS:
-            column = column.cast(pa.string())
-        elif pa.types.is_timestamp(column.type):
-            column = pc.strftime(column, "%Y-%m-%d %H:%M:%S")
+        elif name in QUANTITY_COLUMNS:  # unit prices repeat per SKU: each distinct value formatted once
+            column = by_distinct(column, lambda values: values.cast(pa.string()))
+        elif pa.types.is_timestamp(column.type):  # a day has few distinct hours
+            column = by_distinct(column, lambda values: pc.strftime(values, "%Y-%m-%d %H:%M:%S"))
         elif pa.types.is_boolean(column.type):
             column = column.cast(pa.int64())
         columns.append(column)
     return pa.table(dict(zip(table.column_names, columns, strict=True)))
+
+
+def _postgres_form(table: Any) -> Any:
+    """The table as ADBC's binary COPY writes it into cost_rows' types (the run id as a 4-byte integer)."""
+    import pyarrow as pa
+
+    index = table.schema.get_field_index("x_ingestion_run")
+    return table.set_column(index, "x_ingestion_run", table["x_ingestion_run"].cast(pa.int32()))
 
 
 def _units(column: Any, np: Any, pa: Any) -> Any:

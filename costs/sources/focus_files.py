@@ -49,9 +49,15 @@ class _Loaded:
     delivery: Delivery
     table: Any  # pyarrow.Table in costs.columnar.SCHEMA
     raw: Any  # pyarrow.Table as read (for the record of a bad row)
-    days: np.ndarray  # numpy datetime64[D] of each row's ChargePeriodStart
-    problems: dict[int, tuple[str, str]]
+    days: np.ndarray  # numpy datetime64[D] of each row's ChargePeriodStart, ascending (``table`` is in day order)
+    problems: dict[int, tuple[str, str]]  # by row index as read (``raw``)
     origin: list[tuple[Path, int, bool]]  # per file: path, first row index in the delivery, is CSV
+    order: np.ndarray | None = None  # row index as read of each row of ``table`` (None: read in day order)
+
+    def day_rows(self, day: date) -> tuple[int, int]:
+        """The slice of ``table`` holding ``day``."""
+        value = np.datetime64(day, "D")
+        return int(np.searchsorted(self.days, value, "left")), int(np.searchsorted(self.days, value, "right"))
 
     def location(self, index: int) -> str:
         for path, first, is_csv in reversed(self.origin):
@@ -112,7 +118,7 @@ class FocusFileSource(CostSource):
     def _read(self, delivery: Delivery) -> _Loaded:
         import pyarrow as pa
 
-        from costs.columnar import normalise, version_of
+        from costs.columnar import decoded, normalise, version_of
 
         tables, origin, first = [], [], 0
         for path in delivery.files:
@@ -123,13 +129,19 @@ class FocusFileSource(CostSource):
         names = [set(t.column_names) for t in tables]
         if any(n != names[0] for n in names[1:]):
             tables = [t.select(sorted(set.intersection(*names))) for t in tables]
+        if any(t.schema != tables[0].schema for t in tables[1:]):  # e.g. CSV beside Parquet: plain text
+            tables = [decoded(t) for t in tables]
         raw = pa.concat_tables(tables, promote_options="permissive") if len(tables) > 1 else tables[0]
         version = self.version or version_of(raw.column_names)
         table, problems = normalise(raw, version=version, delivery=delivery.label)
         starts = table["ChargePeriodStart"].to_numpy(zero_copy_only=False)
         days = starts.astype("datetime64[D]")
+        order = None
+        if len(days) > 1 and not np.all(days[1:] >= days[:-1]):  # NaT sorts last; a day is then one slice
+            order = np.argsort(days, kind="stable")
+            table, days = table.take(pa.array(order)), days[order]
         unreadable = [i for i, (name, _) in sorted(problems.by_row.items()) if name == "ChargePeriodStart"]
-        loaded = _Loaded(delivery, table, raw, days, problems.by_row, origin)
+        loaded = _Loaded(delivery, table, raw, days, problems.by_row, origin, order)
         if unreadable:  # the row's day is unknown, so no day of this delivery can be trusted
             index = unreadable[0]
             raise CostDataError(self.name, "ChargePeriodStart", problems.by_row[index][1],
@@ -144,7 +156,7 @@ class FocusFileSource(CostSource):
             if path.name.lower().endswith(".parquet"):
                 import pyarrow.parquet as pq
 
-                table = pq.read_table(path)
+                table = pq.read_table(path, read_dictionary=_text_paths(pq.read_schema(path)))
             else:
                 table = read_csv_as_text(path)
         except (pa.ArrowInvalid, OSError) as exc:
@@ -180,18 +192,19 @@ class FocusFileSource(CostSource):
         if incomplete:
             raise CostDataError(self.name, DELIVERY_FIELD, f"{incomplete}; the stored rows of this day are kept",
                                 location=delivery.label)
-        mask = loaded.days == np.datetime64(day, "D")
-        indices = np.flatnonzero(mask)
-        bad = [i for i in indices if int(i) in loaded.problems] if loaded.problems else []
+        low, high = loaded.day_rows(day)
+        if loaded.problems:
+            read_as = loaded.order[low:high] if loaded.order is not None else range(low, high)
+            bad = sorted(int(i) for i in read_as if int(i) in loaded.problems)
+        else:
+            bad = []
         if bad:
             index = int(bad[0])
             field, problem = loaded.problems[index]
             more = f" (and {len(bad) - 1} more bad row{'s' if len(bad) > 2 else ''} that day)" if len(bad) > 1 else ""
             raise CostDataError(self.name, field, problem + more, location=loaded.location(index),
                                 record=_record(loaded.raw, index))
-        import pyarrow as pa
-
-        return DayBatch(day, loaded.table.take(pa.array(indices)), delivery=delivery.label)
+        return DayBatch(day, loaded.table.slice(low, high - low), delivery=delivery.label)
 
     def _incomplete(self, delivery: Delivery, loaded: _Loaded) -> str | None:
         if delivery.missing:
@@ -214,6 +227,21 @@ class FocusFileSource(CostSource):
             if batch.table is not None:
                 yield from to_rows(batch.table)
             day += timedelta(days=1)
+
+
+def _text_paths(schema) -> list[str]:
+    """Parquet columns to read as Arrow dictionaries (text, and the keys and values of a map such as Tags): the
+    files keep them dictionary-encoded, and every check then looks at each distinct value once."""
+    import pyarrow as pa
+
+    paths = []
+    for field in schema:
+        if pa.types.is_string(field.type) or pa.types.is_large_string(field.type):
+            paths.append(field.name)
+        elif pa.types.is_map(field.type) and pa.types.is_string(field.type.key_type) and \
+                pa.types.is_string(field.type.item_type):
+            paths += [f"{field.name}.key_value.key", f"{field.name}.key_value.value"]
+    return paths
 
 
 def _record(raw, index: int) -> dict:

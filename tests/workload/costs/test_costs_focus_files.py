@@ -148,3 +148,43 @@ def test_unreadable_timestamp_names_line(samples_copy):
 def test_no_matching_file_is_unavailable(tmp_path):
     source = FocusFileSource("empty", [str(tmp_path / "*.csv")])
     assert "no FOCUS file" in source.unavailable()
+
+
+def test_rows_out_of_day_order_fail_and_name_their_own_line(sqlite_store, samples_copy):
+    """An export not written day by day: each day is still exactly its rows, a bad row is named by its line."""
+    path = samples_copy / "gcp" / "focus_export_20261022_20261120.csv"
+    rows = csv_rows(GCP, samples_copy)[::-1]
+    bad_index = next(i for i, r in enumerate(rows) if r["ChargePeriodStart"].startswith("2026-11-17"))
+    rows[bad_index]["BilledCost"] = "n/a"
+    write_csv(path, rows, list(rows[0]))
+    with pytest.raises(IngestError) as failure:
+        ingest(FocusFileSource("gcp", [str(path)]), sqlite_store, NOV_14, NOV_21)
+    assert failure.value.days == [date(2026, 11, 17)]
+    assert failure.value.location.endswith(f"line {bad_index + 2}")
+    expected = sum(Decimal(r["BilledCost"]) for r in rows if r["ChargePeriodStart"][:10] in
+                   {f"2026-11-{d}" for d in (14, 15, 16, 18, 19, 20)})
+    assert sqlite_store.totals("gcp")["BilledCost"] == expected
+
+
+def test_a_value_postgresql_refuses_fails_only_its_day(pg_database, samples_copy):
+    """PostgreSQL's binary COPY refuses a ProviderName longer than its column: that day fails, the others go in."""
+    from costs.store import CostStore
+
+    store = CostStore(pg_database)
+    try:
+        with store.engine.begin() as conn:
+            conn.exec_driver_sql("DELETE FROM cost_rows")
+        path = samples_copy / "gcp" / "focus_export_20261022_20261120.csv"
+        rows = csv_rows(GCP, samples_copy)
+        for r in rows:
+            if r["ChargePeriodStart"].startswith("2026-11-17"):
+                r["ProviderName"] = "G" * 150
+        write_csv(path, rows, list(rows[0]))
+        with pytest.raises(IngestError) as failure:
+            ingest(FocusFileSource("gcp-long", [str(path)]), store, NOV_14, NOV_21)
+        assert failure.value.days == [date(2026, 11, 17)] and failure.value.field == "(database)"
+        kept = [r for r in rows if r["ChargePeriodStart"][:10] in {f"2026-11-{d}" for d in (14, 15, 16, 18, 19, 20)}]
+        assert store.count("gcp-long") == len(kept)
+        assert store.totals("gcp-long")["BilledCost"] == sum(Decimal(r["BilledCost"]) for r in kept)
+    finally:
+        store.dispose()

@@ -171,3 +171,21 @@ def test_a_0001_store_keeps_its_quantities_through_0002(tmp_path):
     assert stored == {"k1": Decimal("-12345.6789012345"), "k2": None}
     assert store.totals("old")["BilledCost"] == Decimal("1.5000000001")
     store.dispose()
+
+
+def test_a_day_fingerprint_sees_every_value_and_ignores_row_order():
+    from costs.columnar import fingerprint, from_rows, row_keys
+
+    table = from_rows([row(1, "1.5", "i-1"), row(1, "2.25", "i-2"), row(1, "3", "i-3", project=None)])
+    table = table.append_column("x_row_key", row_keys(table))
+    digest = fingerprint(table)
+    assert fingerprint(table.take([2, 0, 1])) == digest
+    import pyarrow as pa
+
+    costs = table["BilledCost"].to_pylist()
+    swapped = table.set_column(table.schema.get_field_index("BilledCost"), "BilledCost",
+                               pa.array([costs[1], costs[0], costs[2]], table.schema.field("BilledCost").type))
+    assert fingerprint(swapped) != digest  # the same amounts on other rows
+    nulls = table.set_column(table.schema.get_field_index("x_project"), "x_project",
+                             table["x_project"].combine_chunks().fill_null(""))
+    assert fingerprint(nulls) != digest  # empty text is not null

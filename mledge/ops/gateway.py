@@ -74,7 +74,9 @@ def create_app(config: GatewayConfig) -> Starlette:
         path = request.url.path
         if not allowed(path, config.allow):
             return PlainTextResponse("not available through this gateway\n", status_code=404)
-        headers = [(k, v) for k, v in request.headers.items() if k.lower() not in _HOP]
+        # Content-Length goes on: with it httpx streams the body as it came; without it, chunked, which the WSGI
+        # servers behind (MLflow's Flask) read as an empty body, so a POST would lose its parameters.
+        headers = [(k, v) for k, v in request.headers.items() if k.lower() not in _HOP or k.lower() == "content-length"]
         upstream = client.build_request(
             request.method, path, params=request.url.query, headers=headers, content=request.stream()
         )

@@ -33,8 +33,10 @@ async def echo(request: Request) -> JSONResponse:
 class Server:
     """A uvicorn server in a thread of the test process, on a free port; stopped at the end."""
 
-    def __init__(self, app, port: int) -> None:
-        self.server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
+    def __init__(self, app, port: int, interface: str = "auto") -> None:
+        self.server = uvicorn.Server(
+            uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", interface=interface)
+        )
         self.thread = threading.Thread(target=self.server.run, daemon=True)
 
     def __enter__(self):
@@ -101,3 +103,23 @@ def test_an_unreachable_upstream_is_a_clear_502(free_ports):
     with Server(app, port):
         reply = httpx.post(f"http://127.0.0.1:{port}/v1/fleet/get-run", content=b"")
     assert reply.status_code == 502 and "upstream unavailable" in reply.text
+
+
+def test_a_post_reaches_a_wsgi_server_behind_with_its_body(free_ports):
+    """MLflow's tracking server is Flask (WSGI) behind uvicorn: a chunked request body reads as empty there, so a
+    site's `runs/create` would arrive without its experiment id. The gateway forwards the body as it came."""
+    from flask import Flask, request
+
+    flask = Flask("upstream")
+
+    @flask.post("/api/2.0/mlflow/runs/create")
+    def create_run():
+        return {"experiment_id": (request.get_json(silent=True) or {}).get("experiment_id"),
+                "chunked": "chunked" in request.headers.get("Transfer-Encoding", "")}
+
+    upstream_port, gateway_port = free_ports(2)
+    app = create_app(GatewayConfig(upstream=f"http://127.0.0.1:{upstream_port}", allow=ROUTES["mlflow"]))
+    with Server(flask, upstream_port, interface="wsgi"), Server(app, gateway_port):
+        reply = httpx.post(f"http://127.0.0.1:{gateway_port}/api/2.0/mlflow/runs/create", json={"experiment_id": "7"})
+    assert reply.status_code == 200, reply.text
+    assert reply.json() == {"experiment_id": "7", "chunked": False}

@@ -1,7 +1,10 @@
 """The ``drift_alerts`` table in the platform database: one row per evaluated (site, batch, kind).
 
 Every evaluation is recorded: a confirmed drift starts as ``new`` and waits for a person; a batch without drift
-is recorded as ``resolved`` by ``system``, so the table also shows what was checked and found clean. A person
+is recorded as ``resolved`` by ``system``, so the table also shows what was checked and found clean. Kind
+``label_rate`` with decision ``anomaly`` is a batch that arrived without (most of) its failures: it waits for a
+person too, but it is not drift and starts no retraining. ``batch`` names a batch, or ``first:last`` for small
+batches that were pooled to be evaluated together. A person
 moves an alert on with ``set_status`` (the review page, or ``mledge drift review``); each change keeps who made
 it and why, in the alert and in the ``drift_alert_events`` history.
 
@@ -84,7 +87,8 @@ class AlertStore:
         details: Mapping[str, Any] | None = None,
         connection: Connection | None = None,
     ) -> dict:
-        """Record one evaluation; a drift starts as ``new``, a clean result as ``resolved`` by ``system``.
+        """Record one evaluation; a drift or an anomaly starts as ``new``, a clean result as ``resolved`` by
+        ``system``.
 
         ``connection``: write inside the caller's transaction (the evaluation marks its batches processed in
         the same one, so a retried task cannot record an evaluation twice).
@@ -96,7 +100,7 @@ class AlertStore:
         if decision not in DECISIONS:
             raise AlertError(f"decision must be one of {DECISIONS}, got {decision!r}")
         now = datetime.now(UTC)
-        drift = decision == "drift"
+        drift = decision in ("drift", "anomaly")  # both wait for a person
         row = {
             "site": site,
             "batch": batch,
@@ -118,7 +122,8 @@ class AlertStore:
             conn.execute(
                 drift_alert_events.insert().values(
                     alert_id=alert_id, from_status=None, to_status=row["status"], user=SYSTEM_USER,
-                    note=row["note"] or f"{kind} drift detected", at=now,
+                    note=row["note"] or f"{kind} {'anomaly found' if decision == 'anomaly' else 'drift detected'}",
+                    at=now,
                 )
             )
             return int(alert_id)

@@ -111,8 +111,10 @@ def data_window_tag(site: str) -> str:
 
 # --- drift alerts ----------------------------------------------------------------------------------------------
 ALERT_STATUSES = ("new", "acknowledged", "dismissed", "retraining", "resolved")
-ALERT_KINDS = ("data", "concept")
-ALERT_DECISIONS = ("drift", "no_drift")
+# "label_rate": a batch that arrived without (most of) its failures, a broken export rather than drift; its one
+# decision is "anomaly" (a person looks; no retraining).
+ALERT_KINDS = ("data", "concept", "label_rate")
+ALERT_DECISIONS = ("drift", "no_drift", "anomaly")
 # What a reviewer does -> the status it leads to (the CLI's and the review page's verbs).
 ALERT_ACTIONS = {"acknowledge": "acknowledged", "dismiss": "dismissed", "approve": "retraining", "resolve": "resolved"}
 # Which status may follow which. A dismissed alert can be reopened by acknowledging it; resolved is final.
@@ -219,16 +221,22 @@ NODE_WAIT_TIMEOUT_S = 300
 RUN_TIMEOUT_S = 1800
 PERSONAL_EPOCHS = 2
 RECENT_BATCHES = 3
-# Permutations per batch for the concept-drift p-value; 1/(N+1) must fall below the smallest Holm level
 # Convergence: "rounds" is the most a run trains; it stops earlier when the sites' pooled validation loss has not
 # improved for PATIENCE rounds, and keeps the best round's model. The learning rate follows a cosine over the rounds.
 PATIENCE = 8
 CLASS_WEIGHT = 1.0  # the MLP's cap on the failure class's loss weight (1: none; the tuned threshold does it)
 PERSONAL_ROUNDS = 10  # xgboost: boosting rounds on a site's recent batches for its personalised model
-# (0.05 / 3 sites / 7 tests ~ 0.0024): N >= 500.
+# Simulations per batch for the concept-drift p-values; the smallest two-sided p, 2/(N+1), must fall below the
+# smallest Holm level of the concept family (0.05 / 3 sites / 2 families / 2 tests ~ 0.0042): N >= 500.
 DRIFT_SIMULATIONS = 1000
 MIN_DRIFT_SIMULATIONS = 500
 MAX_DRIFT_SIMULATIONS = 20000
 DRIFT_ALPHA = 0.05  # the federation-wide false-alarm rate per round of batches
 DRIFT_BINS = 10
+# Labels lost (a broken export, not drift): at most this share of the failures the scores imply arrived, and the
+# simulated lower tail of the failure count is at most LABEL_LOSS_LEVEL (a finding for a person, not an alarm of
+# either drift family). The site and the platform apply the same rule, so a small batch that lost its labels is
+# decided at once; a batch with at most that share never joins a champion's calibration (drift/history.py).
+LABEL_LOSS_SHARE = 0.25
+LABEL_LOSS_LEVEL = 0.005
 ROWS_PER_BATCH = 1000

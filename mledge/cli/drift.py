@@ -106,22 +106,36 @@ def _champion(site: str):
     return champion
 
 
+def _calibration(tracker, site: str, champion) -> list[str]:
+    """The batches this champion already evaluated at the site without concept drift (names, from the platform)."""
+    from drift.history import calibration_batches
+
+    return calibration_batches(tracker.engine, site, champion.as_dict() if champion else None)
+
+
 def cmd_check_unprocessed(args: argparse.Namespace, settings: Settings) -> dict:
     from mledge.onsite.drift_evaluation import plan_evaluation
 
     site = _site(settings, args.site)
-    return plan_evaluation(settings.site_store(site), site, _tracker(settings).processed(site), _champion(site))
+    tracker, champion = _tracker(settings), _champion(site)
+    return plan_evaluation(
+        settings.site_store(site), site, tracker.processed(site), champion,
+        calibration=_calibration(tracker, site, champion),
+    )
 
 
 def cmd_simulate(args: argparse.Namespace, settings: Settings) -> dict:
     from mledge.onsite.drift_evaluation import simulate
 
     site = _site(settings, args.site)
+    tracker, champion = _tracker(settings), _champion(site)
     result = simulate(
-        settings.site_store(site), site, _tracker(settings).processed(site), _champion(site),
+        settings.site_store(site), site, tracker.processed(site), champion,
+        calibration=_calibration(tracker, site, champion),
         simulations=args.simulations, bins=args.bins, seed=args.seed,
     )
-    log.info("site %s: simulations for %s (reference %s)", site, result["unprocessed"], result["reference"])
+    log.info("site %s: units %s (reference %s, calibration %s)", site,
+             [(u["name"], u["status"]) for u in result["units"]], result["reference"], result["calibration"])
     return result
 
 
@@ -149,6 +163,11 @@ def cmd_decide(args: argparse.Namespace, settings: Settings) -> dict:
         if alert["decision"] == "drift":
             log.warning("site %s: %s drift in %s (p=%.3g), alert %d", site, alert["kind"], alert["batch"],
                         alert["p_value"], alert["id"])
+        elif alert["decision"] == "anomaly":
+            log.warning("site %s: %s anomaly in %s (%s), alert %d", site, alert["kind"], alert["batch"],
+                        alert["details"].get("reason"), alert["id"])
+    for waiting in result["waiting"]:
+        log.info("site %s: %s waits to be pooled with the next batch: %s", site, waiting["unit"], waiting["reason"])
     return result
 
 
@@ -191,16 +210,17 @@ def register(commands: argparse._SubParsersAction) -> None:
 
     p = add(group_, "check-unprocessed", cmd_check_unprocessed, "a site's unevaluated batches and reference window")
     p.add_argument("--site", required=True)
-    p = add(group_, "simulate", cmd_simulate, "the champion's errors and the simulated null, written at the site")
+    p = add(group_, "simulate", cmd_simulate, "units of the unevaluated batches and the concept test's simulations")
     p.add_argument("--site", required=True)
     p.add_argument("--simulations", type=positive, default=DRIFT_SIMULATIONS,
                    help=f"permutations per batch (at most {MAX_DRIFT_SIMULATIONS})")
-    p.add_argument("--bins", type=positive, default=DRIFT_BINS, help="score bins of the stratified permutation")
+    p.add_argument("--bins", type=positive, default=DRIFT_BINS, help="score bins per side of the decision threshold")
     p.add_argument("--seed", type=int, default=0)
-    p = add(group_, "p-value", cmd_p_value, "concept-drift p-values and Evidently's data-drift report, at the site")
+    p = add(group_, "p-value", cmd_p_value, "concept and data-drift p-values and Evidently's report, at the site")
     p.add_argument("--site", required=True)
-    p.add_argument("--alpha", type=share, default=DRIFT_ALPHA, help="Evidently's per-column threshold")
-    p = add(group_, "decide", cmd_decide, "correct, record alerts, log reports to MLflow, mark batches processed")
+    p.add_argument("--alpha", type=share, default=DRIFT_ALPHA, help="the report's per-column threshold (uncorrected)")
+    p = add(group_, "decide", cmd_decide,
+            "correct per family, record alerts, log reports and the timeline to MLflow, mark decided batches processed")
     p.add_argument("--site", required=True)
     p.add_argument("--alpha", type=share, default=DRIFT_ALPHA, help="false-alarm rate across all sites")
     p.add_argument("--sites-count", type=positive, default=None, help="sites sharing alpha (default: registered)")

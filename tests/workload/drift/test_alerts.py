@@ -125,8 +125,62 @@ def test_a_fresh_database_is_migrated_once_and_unknown_alerts_are_named(tmp_path
     assert store.list() == []
     with pytest.raises(AlertError, match="no drift alert with id 1"):
         store.get(1)
-    assert migrate(url) == migrate(url) == "0001"  # idempotent: the store already migrated it
+    assert migrate(url) == migrate(url) == "0002"  # idempotent: the store already migrated it
     assert AlertStore(url).list() == []
+
+
+def test_a_label_rate_anomaly_waits_for_a_person(store):
+    anomaly = _add(store, kind="label_rate", decision="anomaly", statistic=0.0, p_value=0.001)
+    assert (anomaly["status"], anomaly["kind"], anomaly["decision"]) == ("new", "label_rate", "anomaly")
+    assert store.history(anomaly["id"])[0]["note"] == "label_rate anomaly found"
+    with pytest.raises(AlertError, match="decision must be one of"):
+        _add(store, decision="lost")
+
+
+def test_a_0001_database_keeps_its_alerts_through_0002_and_back(tmp_path):
+    """0002 widens the kind and decision checks (SQLite copies the table): rows, indexes and history stay;
+    the downgrade removes only what 0001 cannot hold."""
+    import sqlalchemy as sa
+    from alembic import command
+    from alembic.config import Config
+
+    from mledge.db.migrate import MIGRATIONS
+
+    url = f"sqlite:///{tmp_path / 'old.db'}"
+    engine = sa.create_engine(url)
+    config = Config()
+    config.set_main_option("script_location", str(MIGRATIONS))
+
+    def to(revision: str, how=command.upgrade) -> None:
+        with engine.begin() as conn:
+            config.attributes["connection"] = conn
+            how(config, revision)
+
+    to("0001")
+    now = datetime(2026, 12, 1)
+    with engine.begin() as conn:
+        conn.execute(sa.text(
+            "INSERT INTO drift_alerts (site, batch, kind, decision, status, created_at, updated_at, updated_by, "
+            "note) VALUES ('plant_b', 'batch-000005', 'concept', 'drift', 'new', :t, :t, 'system', '')"), {"t": now})
+        with pytest.raises(sa.exc.IntegrityError):  # 0001 knows no label-rate alerts
+            with conn.begin_nested():
+                conn.execute(sa.text(
+                    "INSERT INTO drift_alerts (site, batch, kind, decision, status, created_at, updated_at, "
+                    "updated_by, note) VALUES ('plant_c', 'b', 'label_rate', 'anomaly', 'new', :t, :t, 's', '')"),
+                    {"t": now})
+    engine.dispose()
+    alerts = AlertStore(url)  # migrates to head
+    assert [(a["site"], a["kind"], a["decision"]) for a in alerts.list()] == [("plant_b", "concept", "drift")]
+    added = _add(alerts, kind="label_rate", decision="anomaly", site="plant_c")
+    indexes = {i["name"] for i in sa.inspect(alerts.engine).get_indexes("drift_alerts")}
+    assert {"ix_drift_alerts_site", "ix_drift_alerts_status"} <= indexes
+    alerts.dispose()
+    to("0001", command.downgrade)
+    with engine.connect() as conn:
+        left = conn.execute(sa.text("SELECT site, kind FROM drift_alerts")).all()
+        events = conn.execute(sa.text("SELECT alert_id FROM drift_alert_events")).scalars().all()
+    assert left == [("plant_b", "concept")] and added["id"] not in events
+    engine.dispose()
 
 
 def test_a_file_database_keeps_its_rows_for_the_next_reader(tmp_path):

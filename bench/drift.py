@@ -408,6 +408,10 @@ def _pct(entry: dict | None) -> str:
     return f"{entry['count']}/{entry['of']} = {entry['rate']:.1%} [{low:.1%}, {high:.1%}]"
 
 
+def _num(value: float | None) -> str:
+    return "-" if value is None else f"{value:.1f}".removesuffix(".0")
+
+
 def _rounded(values: dict) -> dict:
     return {k: None if v is None else round(v, 4) for k, v in values.items()}
 
@@ -441,7 +445,8 @@ def markdown(document: dict) -> str:
         per_site = ", ".join(f"{s} {v['concept_detected_within_2']}/{v['streams']}" for s, v in e["per_site"].items())
         lines.append(
             f"| {name} | +{flips['added']:.1f} / -{flips['removed']:.1f} | {_pct(d['within_2'])} | "
-            f"{d['median']} / {d['p90']} / {d['max']} | {d['undetected']} | {_pct(e['post_onset_concept_alarms'])} | "
+            f"{_num(d['median'])} / {_num(d['p90'])} / {_num(d['max'])} | {d['undetected']} | "
+            f"{_pct(e['post_onset_concept_alarms'])} | "
             f"{per_site} |"
         )
     lines += ["", "Delay counts (delay in batches: streams):", ""]

@@ -346,6 +346,12 @@ def environment() -> dict:
            "sqlalchemy": sqlalchemy.__version__, "pyarrow": pyarrow.__version__, "load_average": os.getloadavg(),
            "calibration_loop_cpu_s": calibration_cpu_s()}
     try:
+        import adbc_driver_manager
+
+        env["adbc_driver_manager"] = adbc_driver_manager.__version__
+    except ImportError:
+        pass
+    try:
         import sqlite3
 
         env["sqlite"] = sqlite3.sqlite_version

@@ -199,6 +199,13 @@ def _counts(prefix: str = "") -> tuple[str, ...]:
     return tuple(counts_record(ZERO, prefix))
 
 
+# Top-level keys of the drift steps' answers at a site (mledge/onsite/drift_evaluation.py); their values are batch
+# names, counts, statistics and p-values (tests/workload/drift/test_drift_cli.py checks an evaluation against these).
+PLAN_KEYS = ("site", "evaluation_id", "unprocessed", "reference", "reference_source", "calibration", "units",
+             "champion", "concept_skipped")
+SIMULATION_KEYS = (*PLAN_KEYS, "simulations", "bins", "seed", "created_at", "concept")
+P_VALUE_KEYS = ("site", "evaluation_id", "reference", "calibration", "units", "concept_skipped")
+
 def _threshold_counts() -> tuple[str, ...]:
     from fl.thresholds import GRID, count_key
 
@@ -238,6 +245,31 @@ WHAT_LEAVES_A_SITE: tuple[Disclosure, ...] = (
         "Airflow task `<site>.collect` (XCom, log)", "result", ("site", "accepted", "quarantined", "run_id"),
         "per file: the batch it became and its row count, or the reason it was quarantined (columns, counts, "
         "CSV line numbers) and where it lies at the site",
+    ),
+    Disclosure(
+        "Airflow task `<site>.check_unprocessed` (XCom, log)", "result", PLAN_KEYS,
+        "the evaluation's plan: batch names (unprocessed, reference, calibration), how they are grouped into units, "
+        "the champion's name and version, whether the concept test is skipped and why",
+    ),
+    Disclosure(
+        "Airflow task `<site>.generate_simulations` (XCom, log)", "result", SIMULATION_KEYS,
+        "the plan again, with each unit's status, the simulations' settings and per unit the error counts of "
+        "the champion and of its simulations (no row)",
+    ),
+    Disclosure(
+        "Airflow task `<site>.evaluate_p_value` (XCom, log)", "result", P_VALUE_KEYS,
+        "per unit: test statistics and p-values of the data and concept tests, label counts and rates, row counts, "
+        "the site-local path of Evidently's report",
+    ),
+    Disclosure(
+        "Airflow task `<site>.measurements` (XCom)", "result", ("site", "plan", "results"),
+        "the plan and each unit's statistics as above, for the platform's decision",
+    ),
+    Disclosure(
+        "Airflow task `<site>.publish_decision` (XCom; MLflow `drift-<site>-axis_failures`)", "result",
+        ("site", "published", "archived"),
+        "MLflow run ids of each decided unit's run, to which the site logs the decision (corrected p-values, "
+        "drifted column names) and its metrics; Evidently's HTML and JSON reports stay at the site",
     ),
 )
 

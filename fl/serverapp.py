@@ -39,6 +39,7 @@ from fl.outbox import GLOBAL, Outbox, outbox_dir
 from fl.privacy.server import apply_privacy
 from fl.protocol import ZERO, PromotionEvidence, SiteEvidence, counts_from, metric_problems, metrics_from_counts
 from fl.strategies import AggregationStrategy, SiteStateStore, build_strategy
+from fl.strategies.state import Lease, RoundState
 from fl.tree_strategy import tree_strategy
 from mledge.contracts import (
     ARRAYS_KEY,
@@ -278,6 +279,7 @@ def train_rounds(
     node_wait: float = 60.0,
     clock: Callable[[], float] = time.monotonic,
     stopping: EarlyStopping | None = None,
+    round_state: RoundState | None = None,
 ) -> TrainResult:
     """Step 1: ``rounds`` federated rounds from ``arrays``; fails when fewer than ``min_replies`` sites count.
 
@@ -288,6 +290,7 @@ def train_rounds(
 
     ``train_config``: the same config every round, or one per round (a learning-rate schedule). ``stopping``:
     early stopping on the sites' pooled validation loss; the run ends once it says so and keeps its best model.
+    ``round_state``: the strategy's staged per-site state, committed when a round is accepted, dropped when not.
     """
     result = TrainResult(arrays=arrays, registered=dict(registered) if registered is not None else None)
     for rnd in range(1, rounds + 1):
@@ -313,10 +316,14 @@ def train_rounds(
         rejected = dict(strategy.last_rejected)
         _record_failures(result.failures, rnd, "rejected update", rejected)
         if aggregated is None or len(ok) - len(rejected) < min_replies:
+            if round_state is not None:
+                round_state.discard()  # the strategy's updates of a rejected round leave no trace
             raise NotEnoughSitesError(
                 f"round {rnd}: {len(ok) - len(rejected)} usable update(s), {min_replies} needed; rejected: {rejected}"
             )
         result.arrays = aggregated
+        if round_state is not None:
+            round_state.commit()  # the accepted round's budgets and reputations, in one transaction
         sink({f"{site}/aggregation_weight": float(w) for site, w in strategy.last_weights.items()}, step=rnd)
         if train_metrics and "train-loss" in train_metrics:
             sink({"train_loss": float(train_metrics["train-loss"])}, step=rnd)
@@ -447,14 +454,17 @@ def main(grid: Grid, context: Context) -> None:
     timeout = float(cfg["reply-timeout-s"])
     strategy_name = str(cfg.get("strategy", DEFAULT_STRATEGY))
     family = families.family_of(cfg)
+    round_state, lease = None, Lease("", None)  # trees keep no per-site strategy state
     if family == XGBOOST:  # refuses the strategies that cannot apply to trees, saying why
         strategy = tree_strategy(
             strategy_name, min_nodes=int(cfg["min-nodes"]), privacy=str(cfg.get(PRIVACY_KEY, DEFAULT_PRIVACY))
         )
     else:
-        strategy = build_strategy(
-            strategy_name, min_nodes=int(cfg["min-nodes"]), state=SiteStateStore(platform_db_url())
-        )
+        store = SiteStateStore(platform_db_url())
+        round_state = RoundState(store)  # a round's state is written only once the round is accepted
+        strategy = build_strategy(strategy_name, min_nodes=int(cfg["min-nodes"]), state=round_state)
+        # One run at a time updates a strategy's per-site state; the lock goes with this process.
+        lease = store.lease(getattr(strategy, "state_key", strategy_name), wait_s=float(cfg.get("node-wait-s", 0)))
     # privacy (fl/privacy/): refuses strategies that cannot run under the mode; under none, strategy unchanged
     strategy, privacy = apply_privacy(
         cfg, strategy_name, strategy, min_nodes=int(cfg["min-nodes"]), min_replies=int(cfg["min-replies"]),
@@ -484,7 +494,9 @@ def main(grid: Grid, context: Context) -> None:
         sink=live_sink(outbox),
         registered=registered_sites(mledge_home() / SUPERNODE_REGISTRY),
         node_wait=float(cfg.get("node-wait-s", timeout)),
+        round_state=round_state,
     )
+    lease.release()
     threshold, val_f1 = stopping.threshold()  # from the sites' pooled validation counts of the best model
     result.arrays = families.with_threshold(result.arrays, threshold)
     outbox.set_tags({TAG_THRESHOLD: repr(threshold), TAG_MODEL_FAMILY: family})

@@ -183,8 +183,6 @@ TAG_DELTA = "mledge.privacy.delta"
 TAG_NOISE_MULTIPLIER = "mledge.privacy.noise_multiplier"
 TAG_CLIP_NORM = "mledge.privacy.clip_norm"
 
-# --- Flower messages between the ServerApp and the sites' ClientApps -------------------------------------------
-MSG_TRAIN = "train"
 # --- model families: name -> title (chosen per project: DAG param model_family, run config model-family) --------
 MLP, XGBOOST = "mlp", "xgboost"
 MODEL_FAMILIES: dict[str, str] = {
@@ -197,6 +195,8 @@ MODEL_FAMILY_KEY = "model-family"
 # The only aggregation the xgboost family takes (its trees are appended, not averaged): FedXgbBagging.
 TREE_STRATEGIES = ("fedavg",)
 
+# --- Flower messages between the ServerApp and the sites' ClientApps -------------------------------------------
+MSG_TRAIN = "train"
 MSG_FINALISE = "train.finalise"
 MSG_QUERY = "query"
 ARRAYS_KEY = "arrays"
@@ -220,12 +220,12 @@ REPLY_TIMEOUT_S = 300.0
 NODE_WAIT_TIMEOUT_S = 300
 RUN_TIMEOUT_S = 1800
 PERSONAL_EPOCHS = 2
-RECENT_BATCHES = 3
 # Convergence: "rounds" is the most a run trains; it stops earlier when the sites' pooled validation loss has not
 # improved for PATIENCE rounds, and keeps the best round's model. The learning rate follows a cosine over the rounds.
 PATIENCE = 8
 CLASS_WEIGHT = 1.0  # the MLP's cap on the failure class's loss weight (1: none; the tuned threshold does it)
 PERSONAL_ROUNDS = 10  # xgboost: boosting rounds on a site's recent batches for its personalised model
+RECENT_BATCHES = 3
 # Simulations per batch for the concept-drift p-values; the smallest two-sided p, 2/(N+1), must fall below the
 # smallest Holm level of the concept family (0.05 / 3 sites / 2 families / 2 tests ~ 0.0042): N >= 500.
 DRIFT_SIMULATIONS = 1000

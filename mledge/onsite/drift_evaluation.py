@@ -494,7 +494,8 @@ def publish_reports(
     store: Path,
 ) -> Callable[..., dict]:
     """A publisher for drift.decision.decide: writes the unit's decision beside its reports in the workspace and
-    logs them to the site's drift experiment in MLflow, its metrics also on the site's timeline."""
+    logs the decision and its metrics (never the reports) to the site's drift experiment in MLflow, the metrics
+    also on the site's timeline."""
 
     def publish(
         *,
@@ -514,11 +515,13 @@ def publish_reports(
         folder.mkdir(parents=True, exist_ok=True)
         summary = folder / "decision.json"
         summary.write_text(json.dumps(document, indent=2, default=str))
-        files = [("reports", Path(reports[k])) for k in ("html", "json") if reports.get(k)]
-        files.append(("decision", summary))
-        return log_reports_to_mlflow(
-            site=site, batch=batch, evaluation_id=evaluation_id, files=files, metrics=metrics, tags=tags, step=step
+        # Statistics only: Evidently's HTML and JSON reports stay at the site (they carry near-raw data: means of
+        # a few consecutive rows in production order, exact extremes), the alert links their site-local path.
+        links = log_reports_to_mlflow(
+            site=site, batch=batch, evaluation_id=evaluation_id, files=[("decision", summary)], metrics=metrics,
+            tags=tags, step=step,
         )
+        return {**links, "report_uri": reports.get("html"), "report_json_uri": reports.get("json")}
 
     return publish
 

@@ -17,6 +17,7 @@ import pytest
 from drift_streams import trained_model
 
 from drift.alerts import AlertError
+from fl.protocol import WHAT_LEAVES_A_SITE, declared
 from mledge.cli import build_parser
 from mledge.contracts import CHAMPION, GLOBAL_MODEL
 from mledge.onsite.data_drift import COLUMN_METHODS
@@ -183,3 +184,53 @@ def test_alerts_and_review(plant_b_evaluation):
 def test_collected_batches_are_readable(home):
     frame = load_site_data(home["settings"].site_store("plant_b"), "plant_b")
     assert len(frame) == 5 * ROWS and isinstance(frame, pd.DataFrame)
+
+
+def test_the_site_steps_run_without_the_platform_database_and_only_statistics_cross(home, monkeypatch):
+    """The DAG's split: the platform tells the site its state, the site measures, the platform decides, the site
+    publishes. The site steps never open the platform database, and what they hand over holds no row."""
+    # A batch of its own (earlier tests may have evaluated plant_a's batches already).
+    accepted = run("collect", "--site", "plant_a", "--rows", str(ROWS))["sites"]["plant_a"]["accepted"]
+    new = accepted[0]["batch"].removesuffix(".csv")
+    state = run("state", "--site", "plant_a")
+    assert state["site"] == "plant_a" and state["champion"]["version"] == home["version"]
+    assert new not in state["processed"]
+
+    platform_db = Settings().platform_db_url
+    with monkeypatch.context() as site:  # at the site: no platform database to read
+        site.setenv("MLEDGE_PLATFORM_DB_URL", f"sqlite:///{home['root'] / 'not-here' / 'platform.db'}")
+        given = json.dumps(state)
+        check = run("check-unprocessed", "--site", "plant_a", "--state", given)
+        assert new in check["unprocessed"]
+        simulated = run("simulate", "--site", "plant_a", "--simulations", "200", "--state", given)
+        p_values = run("p-value", "--site", "plant_a")
+        answers = {"check_unprocessed": check, "generate_simulations": simulated, "evaluate_p_value": p_values}
+        measured = run("measurements", "--site", "plant_a", "--state", given)
+        assert not (home["root"] / "not-here").exists()
+    for task, answer in {**answers, "measurements": measured}.items():  # what crosses is what README declares
+        channel = next(d.channel for d in WHAT_LEAVES_A_SITE if d.channel.startswith(f"Airflow task `<site>.{task}`"))
+        assert set(answer) <= declared(channel, "result"), (task, set(answer) - declared(channel, "result"))
+    handed_over = json.dumps(measured, default=str)
+    batch = pd.read_csv(home["settings"].site_store("plant_a") / "batches" / f"{new}.csv")
+    readings = batch[["air_temperature_k", "process_temperature_k", "rotational_speed_rpm", "torque_nm"]]
+    for row in readings.head(50).itertuples(index=False):
+        assert not all(repr(float(v)) in handed_over for v in row), row  # no reading tuple of a row crossed
+
+    decided = run("decide", "--site", "plant_a", "--measurements", handed_over)
+    assert decided["site"] == "plant_a" and any(new in unit["batches"] for unit in decided["batches"].values())
+    assert new in run("state", "--site", "plant_a")["processed"]
+    assert Settings().platform_db_url == platform_db
+    with pytest.raises(ValueError, match="of site 'plant_a', not 'plant_c'"):
+        run("decide", "--site", "plant_c", "--measurements", handed_over)
+
+    published = run("publish", "--site", "plant_a", "--decision", json.dumps(decided, default=str))
+    assert published["archived"] and set(published["published"]) == {u["batch"] for u in decided["publish"]}
+    client = mlflow.MlflowClient()
+    experiment = client.get_experiment_by_name("drift-plant_a-axis_failures")
+    logged = []
+    for found in client.search_runs([experiment.experiment_id]):
+        for folder in client.list_artifacts(found.info.run_id):
+            logged += [a.path for a in client.list_artifacts(found.info.run_id, folder.path)] if folder.is_dir else [
+                folder.path]
+    assert logged and all(path.startswith("decision/") for path in logged), logged  # the reports stayed at the site
+    assert not any(path.endswith((".html", ".json")) and "report" in path for path in logged)

@@ -50,7 +50,7 @@ test-dags: setup
 	$(AF)/bin/python -m pytest -q tests/orchestrator
 
 test-e2e: setup browser
-	$(WL)/bin/python -m pytest -q -m e2e tests/e2e
+	$(WL)/bin/python -m pytest -q -m "e2e and not chaos" tests/e2e
 
 browser: ## Debian's chromium and chromium-driver for the UI test in headless Chromium (idempotent)
 	.ci/install-browser
@@ -103,4 +103,4 @@ bench-scale: setup ## 10, 100 and 1,000 simulated sites per round (FedAvg, robus
 	$(WL)/bin/python -m bench.scale
 
 bench-chaos: setup ## faults injected into the running stack (tests/e2e/test_resilience_e2e.py): outcome and recovery time per fault
-	MLEDGE_CHAOS_RESULTS=$(CURDIR)/bench/results/chaos.json $(WL)/bin/python -m pytest -q -m e2e tests/e2e/test_resilience_e2e.py
+	MLEDGE_CHAOS_RESULTS=$(CURDIR)/bench/results/chaos.json $(WL)/bin/python -m pytest -q -m chaos tests/e2e/test_resilience_e2e.py

@@ -53,9 +53,9 @@ def test_clip_factors_bring_every_update_within_its_fence():
     assert clip[6] == 1.0  # a zero update stays what it is
 
 
-def test_a_large_update_in_the_majority_direction_is_clipped_to_its_fence_not_excluded():
-    """A site with many rows sends an honest update 12x the median norm: it stays in the average, clipped to its
-    fence, with no exclusion recorded; the aggregate is g + sum_i w_i c_i delta_i."""
+def test_a_large_update_in_the_majority_direction_is_clipped_to_the_typical_size_not_excluded():
+    """A site with many rows sends an honest update 12x the median norm: it stays in the average, clipped to the
+    typical size (its fence / 4), with no exclusion recorded; the aggregate is g + sum_i w_i c_i delta_i."""
     rng = np.random.default_rng(12)
     global_flat = rng.standard_normal(400).astype(np.float32)
     updates = honest_updates(rng, 10)
@@ -64,7 +64,7 @@ def test_a_large_update_in_the_majority_direction_is_clipped_to_its_fence_not_ex
     arrays, _ = run_round(strategy, to_arrayrecord({"w": global_flat}), site_replies(global_flat, updates, [50] * 10))
     assert "site-09" not in strategy.last_excluded and strategy.last_weights["site-09"] > 0
     norms = np.linalg.norm(updates, axis=1)
-    bound = mr.fence_bounds(norms, np.full(10, 50.0))[9]
+    bound = mr.fence_bounds(norms, np.full(10, 50.0))[9] / mr.FENCE
     assert bound < norms[9] and strategy.last_clipped["site-09"] == pytest.approx(bound / norms[9], rel=1e-4)
     clip = np.array([strategy.last_clipped.get(f"site-{i:02d}", 1.0) for i in range(10)])
     weights = np.array([strategy.last_weights[f"site-{i:02d}"] for i in range(10)])

@@ -72,8 +72,14 @@ class Stack:
 def stack(deployment_home, free_ports) -> Iterator[Stack]:
     home = deployment_home
     ports = stack_ports(free_ports, start=23000)
+    # A drift the data tests see without a champion (this stack trains none): plant_b's temperature sensors read
+    # 4 K high from batch 5 (the default 1.5 K is left to the concept test, which needs a production model).
+    schedule = home / "drift-schedule.json"
+    schedule.write_text(json.dumps({"drifts": [
+        {"site": DRIFT_SITE, "onset_batch": 5, "kind": "sensor_offset", "offset_k": 4.0}]}))
+    schedule.chmod(0o644)  # read by the site's own user
     env = stack_env(
-        home, ports,
+        home, ports, MLEDGE_DRIFT_SCHEDULE=str(schedule),
         # Only the test's own commands run: the scheduled collection and evaluation wait for New Year.
         MLEDGE_COLLECTION_SCHEDULE="0 0 1 1 *", MLEDGE_DRIFT_SCHEDULE_CRON="0 0 1 1 *",
         MLEDGE_TLS="off",  # loopback only: the browser reaches Airflow over plain HTTP, trusting no local CA

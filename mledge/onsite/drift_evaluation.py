@@ -320,6 +320,15 @@ def workspace(store: Path) -> Path:
     return Path(store) / WORK_DIR / CURRENT
 
 
+def archived(report: str | None, evaluation_id: str) -> str | None:
+    """Where a file of the current workspace will lie once ``archive`` has moved it: what an alert names."""
+    marker = f"/{WORK_DIR}/{CURRENT}/"
+    if not report or marker not in report:
+        return report
+    head, tail = report.split(marker, 1)
+    return f"{head}/{WORK_DIR}/{ARCHIVE}/{evaluation_id}/{tail}"
+
+
 def _archive(store: Path, suffix: str = "") -> Path | None:
     """Move the workspace under ``evaluations/`` (kept, never deleted); returns where it went."""
     current = workspace(store)
@@ -521,7 +530,8 @@ def publish_reports(
             site=site, batch=batch, evaluation_id=evaluation_id, files=[("decision", summary)], metrics=metrics,
             tags=tags, step=step,
         )
-        return {**links, "report_uri": reports.get("html"), "report_json_uri": reports.get("json")}
+        return {**links, "report_uri": archived(reports.get("html"), evaluation_id),
+                "report_json_uri": archived(reports.get("json"), evaluation_id)}
 
     return publish
 

@@ -225,6 +225,8 @@ def test_the_site_steps_run_without_the_platform_database_and_only_statistics_cr
 
     published = run("publish", "--site", "plant_a", "--decision", json.dumps(decided, default=str))
     assert published["archived"] and set(published["published"]) == {u["batch"] for u in decided["publish"]}
+    reports = [a["report_uri"] for a in run("alerts", "--site", "plant_a") if new in a["batch"] and a["report_uri"]]
+    assert reports and all(Path(r).is_file() for r in reports), reports  # where the archive put them, at the site
     client = mlflow.MlflowClient()
     experiment = client.get_experiment_by_name("drift-plant_a-axis_failures")
     logged = []

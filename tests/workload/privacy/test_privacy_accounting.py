@@ -142,7 +142,7 @@ def test_screening_leaves_out_outliers_only_with_enough_sites():
     assert screen(three) == {}
 
 
-def test_the_dp_mean_clips_each_update_weighs_sites_equally_and_adds_noise_of_the_calibrated_size():
+def test_the_dp_mean_clips_each_update_gives_sites_equal_weight_and_adds_noise_of_the_calibrated_size():
     start = ArrayRecord({"w": Array(np.zeros(4000, dtype=np.float32))})
     updates = {"a": np.full(4000, 1.0), "b": np.full(4000, -0.001), "c": np.zeros(4000)}  # a is clipped to norm 1
 

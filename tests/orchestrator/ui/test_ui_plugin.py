@@ -520,6 +520,11 @@ def test_costs_page_shows_the_chart_totals_and_a_recommendation(api, costs):
     assert Decimal(report["total"]) > 0
     provider_row = re.search(r'<table id="by-provider">.*?</table>', page.text, flags=re.S).group(0)
     assert "Google Cloud" in provider_row and f"{Decimal(report['total']):,.2f}" in provider_row
+    # Each site's share of the project's cost: the report's sharing, row for row (none recorded here yet).
+    by_site = re.search(r'<table id="by-site">.*?</table>', page.text, flags=re.S).group(0)
+    assert [row["site"] for row in report["sharing"]["by_site"]] == re.findall(r'<tr data-site="([^"]+)">', by_site)
+    if not report["sharing"]["by_site"]:
+        assert "no training run in this period has shares yet" in by_site
 
     offers = re.findall(r'<tr class="offer">\s*<td>(\d+)</td><td>([^<]+)</td>', page.text)
     expected = workload("costs", "recommend", "--vcpus", "8", "--memory-gib", "32", "--gpus", "1",

@@ -40,9 +40,8 @@ from mledge.contracts import (
 from operators.drift import RESULT_KEY, MledgeBranchOperator, RequestRetrainingOperator
 from operators.mledge import MledgeOperator
 from operators.notifiers import DriftAlertNotifier, RunFailedNotifier
-from operators.sites import WORKER_WAIT_S, EdgeWorkerSensor, at_site
+from operators.sites import EdgeWorkerSensor, at_site
 
-WORKER_WAIT = int(os.environ.get("MLEDGE_EDGE_WORKER_WAIT_S") or WORKER_WAIT_S)
 JOIN = "none_failed_min_one_success"  # run after whichever branch ran
 
 
@@ -93,7 +92,7 @@ with DAG(
             decided = f"{{{{ ti.xcom_pull(task_ids='{site}.determine_conceptdrift', key='{RESULT_KEY}') | tojson }}}}"
 
             platform_state = MledgeOperator(task_id="state", arguments=["drift", "state", "--site", site])
-            edge_worker = EdgeWorkerSensor(task_id="edge_worker", site=site, timeout=WORKER_WAIT)
+            edge_worker = EdgeWorkerSensor(task_id="edge_worker", site=site)
             check_unprocessed = MledgeBranchOperator(
                 task_id="check_unprocessed",
                 arguments=["drift", "check-unprocessed", "--site", site, "--state", state],

@@ -20,9 +20,7 @@ from airflow.timetables.trigger import CronTriggerTimetable
 from mledge.contracts import COLLECTION_DAG_ID, ROWS_PER_BATCH, SITES, USE_CASE
 from operators.mledge import MledgeOperator
 from operators.notifiers import RunFailedNotifier
-from operators.sites import WORKER_WAIT_S, EdgeWorkerSensor, at_site
-
-WORKER_WAIT = int(os.environ.get("MLEDGE_EDGE_WORKER_WAIT_S") or WORKER_WAIT_S)
+from operators.sites import EdgeWorkerSensor, at_site
 
 with DAG(
     dag_id=COLLECTION_DAG_ID,
@@ -52,7 +50,7 @@ with DAG(
                 ],
                 **at_site(site),
             )
-            EdgeWorkerSensor(task_id="edge_worker", site=site, timeout=WORKER_WAIT) >> collect
+            EdgeWorkerSensor(task_id="edge_worker", site=site) >> collect
         collected.append(collect)
 
     @task(trigger_rule="all_done")

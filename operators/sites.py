@@ -8,6 +8,7 @@ not connected"; the other sites' tasks go on, and a worker that comes back picks
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 from airflow.sdk import BaseSensorOperator
@@ -17,6 +18,11 @@ from mledge.contracts import SITE_EXECUTOR
 from operators.hooks.mledge import MledgeHook
 
 WORKER_WAIT_S = 300
+
+
+def worker_wait_s() -> int:
+    """How long a site task waits for its edge worker: MLEDGE_EDGE_WORKER_WAIT_S, else WORKER_WAIT_S."""
+    return int(os.environ.get("MLEDGE_EDGE_WORKER_WAIT_S") or WORKER_WAIT_S)
 
 
 def at_site(site: str) -> dict[str, str]:
@@ -33,7 +39,7 @@ class EdgeWorkerSensor(BaseSensorOperator):
     def __init__(self, *, site: str, executable: str | None = None, **kwargs: Any) -> None:
         kwargs.setdefault("mode", "reschedule")
         kwargs.setdefault("poke_interval", 10)
-        kwargs.setdefault("timeout", WORKER_WAIT_S)
+        kwargs.setdefault("timeout", worker_wait_s())
         super().__init__(**kwargs)
         self.site, self.executable = site, executable
         self._last: dict = {}

@@ -16,7 +16,7 @@ from __future__ import annotations
 import argparse
 import logging
 
-from mledge.cli.common import add, at_site, group, positive, share
+from mledge.cli.common import add, at_site, group, json_object, positive, share
 from mledge.contracts import (
     ALERT_ACTIONS,
     ALERT_STATUSES,
@@ -138,19 +138,6 @@ def _state(args: argparse.Namespace, settings: Settings, site: str) -> tuple[set
         return set(state["processed"]), champion, list(state["calibration"])
     except (KeyError, TypeError) as exc:
         raise ValueError(f"--state for {site} lacks or mistypes {exc}: expected `mledge drift state`'s answer") from exc
-
-
-def json_object(value: str) -> dict:
-    """An argparse type: one JSON object (what another step printed)."""
-    import json
-
-    try:
-        parsed = json.loads(value)
-    except ValueError as exc:
-        raise argparse.ArgumentTypeError(f"not JSON: {exc}") from None
-    if not isinstance(parsed, dict):
-        raise argparse.ArgumentTypeError(f"expected a JSON object, got {type(parsed).__name__}")
-    return parsed
 
 
 def cmd_state(args: argparse.Namespace, settings: Settings) -> dict:

@@ -28,6 +28,7 @@ import mlflow
 import numpy as np
 import torch
 from flwr.app import ArrayRecord, ConfigRecord, Context, Message, RecordDict
+from flwr.common.constant import SUPERLINK_NODE_ID
 from flwr.serverapp import Grid, ServerApp
 from tenacity import retry, stop_after_attempt, wait_exponential
 
@@ -108,20 +109,34 @@ def reply_metrics(reply: Message) -> dict[str, float]:
     return dict(next(iter(reply.content.metric_records.values())))
 
 
+def sender(reply: Message, addressed: Mapping[str, int]) -> int:
+    """The node a reply speaks for. The SuperLink answers for a node it lost (a SuperNode killed or timed out)
+    with an error reply of its own (source ``SUPERLINK_NODE_ID``); that failure belongs to the node the message
+    was addressed to (``addressed``: message id -> destination node), not to a "node-1" nobody registered."""
+    node = reply.metadata.src_node_id
+    if node == SUPERLINK_NODE_ID:
+        return addressed.get(reply.metadata.reply_to_message_id, node)
+    return node
+
+
 def split_replies(
-    replies: Iterable[Message], sites: dict[int, str], registered: Mapping[int, str] | None = None
+    replies: Iterable[Message],
+    sites: dict[int, str],
+    registered: Mapping[int, str] | None = None,
+    addressed: Mapping[str, int] | None = None,
 ) -> tuple[dict[str, Message], dict[str, str]]:
     """Replies by site name, and the reason of each site (or node) that failed or was refused.
 
     With ``registered`` (node id -> site, from the SuperNode registry), a node's site is the one its key was
     registered for: a reply that claims another site, or comes from a node no site registered, is refused and
     named. Without it sites name themselves; ``sites`` (node id -> site) remembers them so that a later error from
-    the same node is named too. Node ids change when a SuperNode restarts, site names do not.
+    the same node is named too. Node ids change when a SuperNode restarts, site names do not. ``addressed``
+    (message id -> destination node) names the node of an error the SuperLink answered in its place (``sender``).
     """
     ok: dict[str, Message] = {}
     failed: dict[str, str] = {}
     for reply in replies:
-        node = reply.metadata.src_node_id
+        node = sender(reply, addressed or {})
         claim = str(reply.content[SITE_KEY][SITE_KEY]) if not reply.has_error() and SITE_KEY in reply.content else None
         if registered is not None:
             site = registered.get(node)
@@ -145,12 +160,14 @@ def split_replies(
     return ok, failed
 
 
-def name_unknown_nodes(grid: Grid, replies: list[Message], sites: dict[int, str], timeout: float) -> None:
+def name_unknown_nodes(
+    grid: Grid, replies: list[Message], sites: dict[int, str], timeout: float, addressed: Mapping[str, int]
+) -> None:
     """Ask nodes that failed before ever naming themselves which site they are (a query message each).
 
     Costs nothing when every failing node is already known, which is the common case.
     """
-    unknown = sorted({r.metadata.src_node_id for r in replies if r.has_error()} - set(sites))
+    unknown = sorted({sender(r, addressed) for r in replies if r.has_error()} - set(sites) - {SUPERLINK_NODE_ID})
     if not unknown:  # always so with a registry: every node is known by its key
         return
     messages = [
@@ -210,9 +227,10 @@ def exchange(
     started = time.monotonic()
     replies = list(grid.send_and_receive(messages, timeout=timeout))
     waited = time.monotonic() - started
-    name_unknown_nodes(grid, replies, result.sites, timeout)
-    ok, failed = split_replies(replies, result.sites, result.registered)
-    answered = {r.metadata.src_node_id for r in replies}
+    addressed = {m.metadata.message_id: m.metadata.dst_node_id for m in messages}  # ids set by the push
+    name_unknown_nodes(grid, replies, result.sites, timeout, addressed)
+    ok, failed = split_replies(replies, result.sites, result.registered, addressed)
+    answered = {sender(r, addressed) for r in replies}
     for node in sorted({m.metadata.dst_node_id for m in messages} - answered):
         failed[result.sites.get(node, f"node-{node}")] = f"no reply within {timeout:.0f}s"
     for site, reply in list(ok.items()):

@@ -80,6 +80,24 @@ def test_a_restarted_supernode_is_named_by_its_new_reply(reply):
     assert sites[8] == "plant_a"
 
 
+def test_the_superlinks_error_for_a_lost_node_is_the_failure_of_that_nodes_site(instruction, reply):
+    """A SuperNode killed mid-round: the SuperLink answers in its place, from its own node id (1). The failure is
+    plant_c's, not that of a "node-1" no site registered."""
+    from flwr.server.superlink.linkstate.utils import create_message_error_unavailable_res_message
+
+    to_c = instruction(RecordDict(), 7, "train")
+    lost = create_message_error_unavailable_res_message(to_c.metadata, "node_unavail")
+    assert lost.metadata.src_node_id == 1  # the SuperLink's own id, as Flower sends it
+    registered = {3: "plant_a", 7: "plant_c"}
+    good = reply(3, site="plant_a")
+    ok, failed = split_replies([good, lost], {}, registered, addressed={to_c.metadata.message_id: 7})
+    assert ok == {"plant_a": good}
+    assert list(failed) == ["plant_c"] and failed["plant_c"] == lost.error.reason
+    # Without knowing where the message went, the SuperLink's reply stays unattributed rather than misnamed.
+    _, unknown = split_replies([lost], {}, registered)
+    assert list(unknown) == ["node-1"]
+
+
 def test_require_passes_with_enough_sites(reply):
     ok = {"plant_a": reply(1, site="plant_a"), "plant_b": reply(2, site="plant_b")}
     assert _require(ok, {}, 2, "round 1") is None

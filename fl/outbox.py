@@ -35,7 +35,8 @@ from mledge.security.files import write_private
 
 log = logging.getLogger("flwr").getChild("mledge.outbox")
 OUTBOX = "flower/outbox"
-ModelLogger = Callable[[dict, str, str, Mapping[str, str]], tuple[str, str]]  # (state, experiment, name, tags)
+# (state, experiment, run name, tags) -> (model URI, run id, logged model id)
+ModelLogger = Callable[[dict, str, str, Mapping[str, str]], tuple[str, str, str]]
 GLOBAL = "global"
 
 
@@ -75,6 +76,22 @@ class Outbox:
         documents[artifact_path] = document
         self._write("documents.json", documents)
 
+    def put_figure(self, artifact_path: str, figure: Any) -> None:
+        """A matplotlib figure, saved as PNG; it reaches the run's artifacts at ``artifact_path`` (once)."""
+        path = self.folder / "figures" / artifact_path
+        path.parent.mkdir(parents=True, exist_ok=True)
+        figure.savefig(path, dpi=100)
+
+    def put_model_metrics(self, name: str, metrics: Mapping[str, float]) -> None:
+        """The final evaluation of model ``name``, attached to its logged model in MLflow (``model_id``)."""
+        self._write("model_metrics.json", {**self._read("model_metrics.json", {}),
+                                           name: {k: float(v) for k, v in metrics.items()}})
+
+    def put_datasets(self, datasets: list[dict[str, str]]) -> None:
+        """The data each site trained on, as metadata only (``{"name", "digest", "site", "window"}``): the run's
+        dataset inputs in MLflow (mlflow.data), never a row."""
+        self._write("datasets.json", datasets)
+
     def put_model(self, name: str, state: Mapping[str, Any]) -> None:
         """A model's weights (``global`` or a site's name): numpy arrays by parameter name."""
         arrays = {k: np.asarray(v.detach().cpu().numpy() if hasattr(v, "detach") else v) for k, v in state.items()}
@@ -93,8 +110,18 @@ class Outbox:
         """The documents kept for MLflow (artifact path -> JSON document), e.g. the promotion evidence."""
         return self._read("documents.json", {})
 
+    def history(self) -> list[dict]:
+        """Every metric record so far (``{"step", "ts", "metrics"}``), in the order they were written."""
+        return self._metric_lines()
+
+    def figures(self) -> list[str]:
+        root = self.folder / "figures"
+        return sorted(str(p.relative_to(root)) for p in root.rglob("*.png")) if root.exists() else []
+
     def published(self) -> dict:
-        return self._read("published.json", {"metrics": 0, "documents": [], "models": {}, "tags": False})
+        done = self._read("published.json", {})
+        return {"metrics": 0, "documents": [], "models": {}, "tags": False, "figures": [], "model_metrics": [],
+                "datasets": False, **done}
 
     def pending(self) -> list[str]:
         """What is not in MLflow yet (empty once everything is)."""
@@ -103,6 +130,11 @@ class Outbox:
             left.append(f"{len(self._metric_lines()) - done['metrics']} metric record(s)")
         left += [f"document {d}" for d in self._read("documents.json", {}) if d not in done["documents"]]
         left += [f"model {m}" for m in self.models() if m not in done["models"]]
+        left += [f"figure {f}" for f in self.figures() if f not in done["figures"]]
+        measured = self._read("model_metrics.json", {})
+        left += [f"metrics of model {m}" for m in measured if m not in done["model_metrics"]]
+        if self._read("datasets.json", []) and not done["datasets"]:
+            left.append("datasets")
         if self._read("tags.json", {}) and not done["tags"]:
             left.append("tags")
         return left
@@ -140,9 +172,12 @@ class Outbox:
                 continue
             experiment = GLOBAL_MODELS_EXPERIMENT if name == GLOBAL else site_models_experiment(name)
             tags = {**run["tags"], **({} if name == GLOBAL else {TAG_SITE: name})}
-            uri, model_run = _retrying(attempts)(log_model)(self.model(name), experiment, f"{flower_run} {name}", tags)
-            done["models"][name] = {"uri": uri, "run_id": model_run}
+            uri, model_run, model_id = _retrying(attempts)(log_model)(
+                self.model(name), experiment, f"{flower_run} {name}", tags
+            )
+            done["models"][name] = {"uri": uri, "run_id": model_run, "model_id": model_id}
             self._write("published.json", done)
+        self._flush_extras(client, run_id, done, attempts)
         tags = dict(self._read("tags.json", {}))
         for name, model in done["models"].items():
             if name == GLOBAL:
@@ -154,6 +189,37 @@ class Outbox:
         done["tags"] = bool(tags)
         self._write("published.json", done)
         return run_id
+
+    def _flush_extras(self, client: Any, run_id: str, done: dict, attempts: int) -> None:
+        """Figures, the logged models' final metrics and the dataset inputs: each sent once."""
+        import mlflow
+        from mlflow.entities import DatasetInput, InputTag
+
+        for figure in self.figures():
+            if figure not in done["figures"]:
+                local = self.folder / "figures" / figure
+                _retrying(attempts)(client.log_artifact)(run_id, str(local), str(Path(figure).parent))
+                done["figures"].append(figure)
+                self._write("published.json", done)
+        for name, metrics in self._read("model_metrics.json", {}).items():
+            model = done["models"].get(name)
+            if name in done["model_metrics"] or not model or not model.get("model_id"):
+                continue
+            now = int(time.time() * 1000)
+            batch = [mlflow.entities.Metric(k, v, now, 0, model_id=model["model_id"], run_id=model["run_id"])
+                     for k, v in metrics.items()]
+            _retrying(attempts)(client.log_batch)(model["run_id"], metrics=batch)
+            done["model_metrics"].append(name)
+            self._write("published.json", done)
+        datasets = self._read("datasets.json", [])
+        if datasets and not done["datasets"]:
+            from mledge.registry.datasets import site_dataset
+
+            inputs = [DatasetInput(site_dataset(**d)._to_mlflow_entity(), [InputTag("mlflow.data.context", "training")])
+                      for d in datasets]
+            _retrying(attempts)(client.log_inputs)(run_id, datasets=inputs)
+            done["datasets"] = True
+            self._write("published.json", done)
 
     # --- internals --------------------------------------------------------------------------------------------------
 

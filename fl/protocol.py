@@ -93,6 +93,8 @@ class SiteEvidence:
     num_examples: int
     data_window: str = ""  # ``batch-000001:batch-000007``: what the site trained on
     recent_window: str = ""  # the site's recent batches (personalisation)
+    data_digest: str = ""  # SHA-256 over the window's batch files, computed at the site (mlflow.data lineage)
+    recent_digest: str = ""
     recent_examples: int = 0
     personal: dict[str, float] = field(default_factory=dict)  # the site's personalised model, recent held-out rows
     recent_global: dict[str, float] = field(default_factory=dict)  # the global model, recent held-out rows
@@ -212,6 +214,8 @@ def _threshold_counts() -> tuple[str, ...]:
     return tuple(count_key(i, k) for i in range(len(GRID)) for k in ("tp", "fp", "fn"))
 
 
+SECURE_TRAIN = "Flower reply to `train` under privacy `secagg` and `secagg-dp` (each SecAgg+ stage)"
+
 WHAT_LEAVES_A_SITE: tuple[Disclosure, ...] = (
     Disclosure("Flower reply to `query`", "site", ("site",), "the site's name (checked against its node key)"),
     Disclosure("Flower reply to `train`", "arrays", ("*",), "the received global model after local training"),
@@ -225,6 +229,21 @@ WHAT_LEAVES_A_SITE: tuple[Disclosure, ...] = (
         "compute seconds",
     ),
     Disclosure("Flower reply to `train`", "site", ("site",), "the site's name"),
+    Disclosure(
+        SECURE_TRAIN, "metrics",
+        (*_counts(), "eval-examples", "train-loss", "num-examples", COMPUTE_KEY, "val-loss-sum", "val-examples",
+         *_threshold_counts(), "update-norm", "update-alignment"),
+        "the same metrics as a plain `train` reply, plus the update's L2 norm before clipping and its cosine with "
+        "the previous round's global update (fl/privacy/screening.py)",
+    ),
+    Disclosure(SECURE_TRAIN, "arrays", (), "emptied: the model never leaves the site in the clear"),
+    Disclosure(SECURE_TRAIN, "site", ("site",), "the site's name"),
+    Disclosure(
+        SECURE_TRAIN, "secaggplus_configs", ("pk1", "pk2", "dsts", "ctxts", "masked_params", "nids", "shares"),
+        "Flower's SecAgg+ stages: the site's two public keys; its secret shares for the other sites, encrypted to "
+        "each; its clipped update masked uniformly mod 2^32 (under `secagg-dp` with its share of the discrete "
+        "Gaussian noise); the shares that unmask the sum of the sites that answered",
+    ),
     Disclosure("Flower reply to `train.finalise`", "arrays", ("*",), "the site's personalised model"),
     Disclosure(
         "Flower reply to `train.finalise`", "metrics",
@@ -236,8 +255,9 @@ WHAT_LEAVES_A_SITE: tuple[Disclosure, ...] = (
         "global model, the site's champion and its personalised model (recent held-out rows); row counts; the "
         "personalisation's training loss; compute seconds",
     ),
-    Disclosure("Flower reply to `train.finalise`", "window", ("data", "recent"),
-               "names of the first and last batch trained on (`batch-000001:batch-000004`), not their rows"),
+    Disclosure("Flower reply to `train.finalise`", "window", ("data", "recent", "data-digest", "recent-digest"),
+               "names of the first and last batch trained on (`batch-000001:batch-000004`) and a SHA-256 over the "
+               "window's batch files (lineage in the registry), not their rows"),
     Disclosure("Flower reply to `train.finalise`", "site", ("site",), "the site's name"),
     Disclosure("Flower error reply (any message)", "error", ("code", "reason"),
                "what failed: a file name, a column, counts and CSV line numbers; never a cell's value"),

@@ -18,6 +18,7 @@ Run config keys are those of fl/flower_app/pyproject.toml.
 from __future__ import annotations
 
 import logging
+import re
 import time
 from collections.abc import Callable, Iterable, Mapping
 from contextlib import contextmanager
@@ -71,7 +72,8 @@ from mledge.contracts import (
     platform_db_url,
     site_model_name,
 )
-from mledge.onsite.schema import N_FEATURES
+from mledge.onsite.schema import FEATURE_NAMES, N_FEATURES
+from mledge.registry.figures import run_figures
 
 # Child of Flower's logger, so these lines show in `flwr log` with the rest of the run.
 log = logging.getLogger("flwr").getChild("mledge")
@@ -351,6 +353,17 @@ def train_rounds(
     return result
 
 
+# What a site may say of its windows: batch names and a SHA-256; anything else (it would reach model cards and
+# registry tags) is dropped.
+WINDOW_PATTERN = re.compile(r"batch-\d{6}(:batch-\d{6})?")
+DIGEST_PATTERN = re.compile(r"[0-9a-f]{64}")
+
+
+def lineage_value(value: object, pattern: re.Pattern) -> str:
+    """``value`` if it is a string of ``pattern``, else "" (a site's lineage claim is not trusted)."""
+    return value if isinstance(value, str) and pattern.fullmatch(value) else ""
+
+
 def finalise(
     grid: Grid,
     result: TrainResult,
@@ -390,8 +403,10 @@ def finalise(
             candidate=metrics_from_counts(counts_from(metrics)),
             champion=metrics_from_counts(champion) if champion else None,
             num_examples=int(metrics[NUM_EXAMPLES_KEY]),
-            data_window=str(window["data"]),
-            recent_window=str(window["recent"]),
+            data_window=lineage_value(window.get("data"), WINDOW_PATTERN),
+            recent_window=lineage_value(window.get("recent"), WINDOW_PATTERN),
+            data_digest=lineage_value(window.get("data-digest"), DIGEST_PATTERN),
+            recent_digest=lineage_value(window.get("recent-digest"), DIGEST_PATTERN),
             recent_examples=int(metrics["recent-examples"]),
             personal=metrics_from_counts(counts_from(metrics, "personal-")),
             recent_global=metrics_from_counts(counts_from(metrics, "recent-global-")),
@@ -416,15 +431,26 @@ def publish(
         outbox.log_metrics({f"recent/{site}/personal_{k}": v for k, v in entry.personal.items()}, step=step)
     for site in sorted(ok):
         outbox.put_model(site, families.arrays_of(ok[site].content[ARRAYS_KEY]))
+        outbox.put_model_metrics(site, {f"recent_{k}": v for k, v in evidence.sites[site].personal.items()})
     outbox.put_model(GLOBAL, families.arrays_of(result.arrays))
+    final = sum((counts_from(reply_metrics(r)) for r in ok.values()), ZERO) if ok else None
+    if final is not None:  # the final evaluation, on every site's held-out rows, attached to the logged model
+        outbox.put_model_metrics(GLOBAL, {f"holdout_{k}": v for k, v in metrics_from_counts(final).items()})
+    for path, figure in run_figures(outbox.history(), final).items():
+        outbox.put_figure(path, figure)
+    outbox.put_datasets([
+        {"site": site, "window": entry.data_window, "digest": entry.data_digest}
+        for site, entry in sorted(evidence.sites.items()) if entry.data_window and entry.data_digest
+    ])
     outbox.put_document(EVIDENCE_PATH, evidence.to_dict())
     outbox.put_document("sites.json", {str(node): site for node, site in result.sites.items()})
     if evidence.failures:
         outbox.set_tags({TAG_FAILED_SITES: ",".join(sorted(evidence.failures))})
 
 
-def log_model(state: Mapping, experiment: str, run_name: str, tags: Mapping[str, str]) -> tuple[str, str]:
-    """One model in a run of its own in ``experiment``; returns (model URI, run id). The outbox's model logger.
+def log_model(state: Mapping, experiment: str, run_name: str, tags: Mapping[str, str]) -> tuple[str, str, str]:
+    """One model in a run of its own in ``experiment``; returns (model URI, run id, logged model id). The outbox's
+    model logger.
 
     MLflow's flavour follows the model's family: pytorch for the MLP, xgboost for a booster (fl/families.py)."""
     found = mlflow.MlflowClient().get_experiment_by_name(experiment)
@@ -434,8 +460,11 @@ def log_model(state: Mapping, experiment: str, run_name: str, tags: Mapping[str,
             info = families.log_booster(state)
         else:
             model = model_from_state({k: torch.as_tensor(v) for k, v in state.items()})
-            info = mlflow.pytorch.log_model(model, name="model", input_example=_INPUT_EXAMPLE, pip_requirements=_PIP)
-    return info.model_uri, run.info.run_id
+            # MLflow's pt2 format (torch.export, no pickle for a site to unpickle) takes tensor signatures only:
+            # the feature names go into the model's metadata instead (fl/families.py names the trees' columns).
+            info = mlflow.pytorch.log_model(model, name="model", input_example=_INPUT_EXAMPLE, pip_requirements=_PIP,
+                                            metadata={"feature_names": list(FEATURE_NAMES)})
+    return info.model_uri, run.info.run_id, info.model_id
 
 
 def live_sink(outbox: Outbox) -> MetricSink:

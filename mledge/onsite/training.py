@@ -7,6 +7,7 @@ and the decision threshold's counts, fl/thresholds.py), the rest is trained on.
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -96,6 +97,20 @@ def evaluate(model: nn.Module, x: np.ndarray, y: np.ndarray) -> Counts:
 def window_name(paths: list[Path]) -> str:
     """A batch window as lineage shows it: ``batch-000001:batch-000007``."""
     return f"{paths[0].stem}:{paths[-1].stem}"
+
+
+def window_digest(store: Path, last: int | None = None) -> str:
+    """SHA-256 over the window's batch files (each file's own SHA-256, in order): names the exact data a model was
+    trained on, for the registry's dataset lineage (mlflow.data), without a row leaving the site."""
+    paths = batch_paths(store)[-last:] if last else batch_paths(store)
+    lines = "".join(f"{p.name} {hashlib.sha256(p.read_bytes()).hexdigest()}\n" for p in paths)
+    return hashlib.sha256(lines.encode()).hexdigest()
+
+
+def window_record(store: Path, data: str, recent: str, recent_batches: int) -> dict[str, str]:
+    """What a site says of its data windows at the end of a run: batch names and digests (fl/protocol.py)."""
+    return {"data": data, "recent": recent, "data-digest": window_digest(store),
+            "recent-digest": window_digest(store, last=recent_batches)}
 
 
 def load_window(store: Path, site: str, last: int | None = None) -> tuple[pd.DataFrame, str]:
@@ -228,4 +243,4 @@ def finalise(
         personal, x, y, epochs=personal_epochs, lr=lr, seed=0, class_weight=class_weight
     )
     values.update(counts_record(evaluate(personal, x_recent, y_recent), "personal-"))
-    return personal.state_dict(), values, {"data": window, "recent": recent_window}
+    return personal.state_dict(), values, window_record(store, window, recent_window, recent_batches)

@@ -18,7 +18,7 @@ from fl import trees
 from fl.protocol import counts_record
 from mledge.contracts import NUM_EXAMPLES_KEY
 from mledge.onsite import scoring
-from mledge.onsite.training import load_window, split3, validation_metrics
+from mledge.onsite.training import load_window, split3, validation_metrics, window_record
 
 
 def boost(booster: Any, x: np.ndarray, y: np.ndarray, rounds: int, eta: float | None = None) -> Any:
@@ -84,4 +84,4 @@ def finalise(
     personal.set_attr(**{trees.THRESHOLD_ATTR: repr(trees.threshold_of(glob))})
     values["personal-train-loss"] = scoring.log_loss_sum(trees.raw_scores(personal, x), y) / len(y)
     values.update(counts_record(scoring.counts(personal, x_recent, y_recent), "personal-"))
-    return trees.save_booster(personal), values, {"data": window, "recent": recent_window}
+    return trees.save_booster(personal), values, window_record(store, window, recent_window, recent_batches)

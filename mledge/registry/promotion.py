@@ -44,6 +44,7 @@ from mledge.contracts import (
     site_model_run_tag,
     site_model_tag,
 )
+from mledge.registry.model_card import global_card, site_card
 
 # Which held-out metric decides, and whether higher is better.
 GATE_METRICS = {"f1": True, "recall": True, "accuracy": True, "loss": False}
@@ -220,6 +221,9 @@ def promote(
         margin,
     )
     _apply(client, name, version, decision, champion_now)
+    rounds = run.data.params.get("num-server-rounds", "")
+    card = global_card(name, version, decision.alias, decision.reason, lineage, evidence, rounds)
+    client.update_model_version(name, version, description=card)
 
     site_results = {}
     for site, entry in sorted(sites.items()):
@@ -241,6 +245,8 @@ def promote(
             site_margin,
         )
         _apply(client, site_name, site_version, site_decision, site_champion_now)
+        client.update_model_version(site_name, site_version, description=site_card(
+            site_name, site_version, site_decision.alias, site_decision.reason, lineage, evidence, site, rounds))
         site_results[site] = {
             "registered_model": site_name,
             "version": site_version,

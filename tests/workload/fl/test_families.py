@@ -229,9 +229,12 @@ def test_each_family_is_registered_with_its_flavour_and_scores_the_same_after_lo
     mlp_state = with_threshold(build_model(seed=2).state_dict(), 0.3)
     client = mlflow.MlflowClient()
     for name, state, flavour in (("trees", tree_state, "xgboost"), ("net", mlp_state, "pytorch")):
-        uri, _ = log_model(state, "models", name, {})
+        uri, _, model_id = log_model(state, "models", name, {})
         info = mlflow.models.get_model_info(uri)
-        assert flavour in info.flavors
+        assert flavour in info.flavors and info.model_id == model_id
+        # the trees' signature names the features; the MLP's pt2 format takes tensor signatures, so its metadata does
+        named = info.signature.inputs.input_names() if flavour == "xgboost" else info.metadata["feature_names"]
+        assert list(named) == list(FEATURE_NAMES)
         version = mlflow.register_model(uri, name).version
         client.set_registered_model_alias(name, "champion", version)
         loaded = scoring.load_registered(name, str(version))
@@ -286,7 +289,7 @@ def test_an_xgboost_run_is_registered_promoted_over_an_mlp_champion_and_scored_f
         "202": ({"0": trees.to_array(booster_raw)}, XGBOOST, _evidence(0.9, 0.5, "1")),
     }
     for flower_run, (state, family, evidence) in models.items():
-        uri, model_run = log_model(state, "models", flower_run, {})
+        uri, model_run, _ = log_model(state, "models", flower_run, {})
         tags = {TAG_FLOWER_RUN: flower_run, TAG_MODEL_URI: uri, TAG_MODEL_RUN: model_run,
                 TAG_MODEL_FAMILY: family, TAG_THRESHOLD: repr(scoring.threshold_of(state))}
         with mlflow.start_run(experiment_id=experiment, tags=tags):

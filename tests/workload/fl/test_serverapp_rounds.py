@@ -20,7 +20,15 @@ import fl.clientapp as clientapp
 from fl.model import build_model
 from fl.outbox import GLOBAL, Outbox
 from fl.protocol import ZERO, PromotionEvidence, counts_from, metrics_from_counts
-from fl.serverapp import NotEnoughSitesError, TrainResult, finalise, log_model, publish, train_rounds
+from fl.serverapp import (
+    NotEnoughSitesError,
+    TrainResult,
+    finalise,
+    log_model,
+    publish,
+    reply_metrics,
+    train_rounds,
+)
 from fl.simulation.harness import CLIENT_APP_RAISED_EXCEPTION, SUPERLINK_NODE_ID, InProcessGrid
 from fl.strategies import MemoryStateStore, build_strategy
 from mledge.contracts import (
@@ -44,7 +52,7 @@ from mledge.contracts import (
     site_models_experiment,
 )
 from mledge.onsite.store import SiteDataError, load_site_data
-from mledge.onsite.training import evaluate, load_window, split
+from mledge.onsite.training import evaluate, load_window, split, window_digest
 
 SITES = ("plant_a", "plant_b", "plant_c")
 NODES = {11: "plant_a", 12: "plant_b", 13: "plant_c"}
@@ -565,6 +573,23 @@ def test_publish_logs_the_evidence_the_site_models_and_the_global_model(make_gri
     assert site_model_tag("plant_c") not in logged.tags
     history = client.get_metric_history(run_id, "eval_f1")
     assert [m.step for m in history] == [ROUNDS]
+
+    # The run's figures, the logged models' final metrics and the sites' data windows as dataset metadata.
+    figures = {f.path for f in client.list_artifacts(run_id, "figures")}
+    assert figures == {"figures/confusion_matrix.png", "figures/per_site_f1.png"}  # FedAvg logs no weights here
+    with open(client.download_artifacts(run_id, "figures/confusion_matrix.png"), "rb") as png:
+        assert png.read(8) == b"\x89PNG\r\n\x1a\n"
+    global_model = mlflow.get_logged_model(uri.removeprefix("models:/"))
+    final = {m.key: m.value for m in global_model.metrics}
+    expected = sum((counts_from(reply_metrics(r)) for r in ok.values()), ZERO)
+    assert final["holdout_f1"] == pytest.approx(metrics_from_counts(expected)["f1"])
+    inputs = client.get_run(run_id).inputs.dataset_inputs
+    named = {i.dataset.name: i.dataset for i in inputs}
+    assert set(named) == {f"{s}:{evidence.sites[s].data_window}" for s in ("plant_a", "plant_b")}
+    for site in ("plant_a", "plant_b"):
+        dataset = named[f"{site}:{evidence.sites[site].data_window}"]
+        assert dataset.digest == window_digest(stores[site])[:36]  # the site's own digest of its batch files
+        assert json.loads(dataset.source) == {"site": site, "window": evidence.sites[site].data_window}
 
 
 # --- who a site is, and what it may report ---------------------------------------------------------------------

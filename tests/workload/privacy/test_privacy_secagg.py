@@ -18,6 +18,7 @@ from fl.privacy.noise import clip
 from fl.privacy.plan import QUANTIZATION_RANGE, clipping_range
 from fl.privacy.secagg import SecAggPlusMean, SecureAggregationError
 from fl.privacy.vectors import to_vector
+from fl.protocol import SECURE_TRAIN, declared
 from fl.simulation.harness import InProcessGrid
 from mledge.contracts import ARRAYS_KEY, METRICS_KEY, SITE_KEY
 
@@ -93,6 +94,11 @@ def test_the_platform_receives_no_individual_update_only_the_mean():
         # What the site disclosed in the clear: its metrics, its name, two scalars.
         assert set(reply.content[METRICS_KEY]) == {"train-loss", "num-examples", "update-norm", "update-alignment"}
         assert reply.content[METRICS_KEY]["update-norm"] == pytest.approx(np.linalg.norm(update))
+    # ... and every record and key of every stage's reply is one fl/protocol.py declares for secure aggregation.
+    for reply in grid.replies:
+        for record in reply.content:
+            assert set(reply.content[record]) <= declared(SECURE_TRAIN, record), (record, set(reply.content[record]))
+            assert declared(SECURE_TRAIN, record) or record in ("arrays",), record
 
 
 def test_a_site_lost_mid_round_is_recovered_within_the_threshold():

@@ -305,3 +305,19 @@ def test_promoting_an_unknown_flower_run_fails(history):
     with pytest.raises(LookupError, match="mledge.flower_run_id=999"):
         promote("999")
     assert find_run(history["client"], "103").info.run_id == history["runs"]["103"]
+
+
+def test_each_version_describes_itself_with_a_model_card(history):
+    """The description says why the version has its alias, what it was compared with, and its scores per site."""
+    client = history["client"]
+    stale = client.get_model_version(GLOBAL_MODEL, "2").description
+    assert stale.startswith(f"### {GLOBAL_MODEL} v2: {CHALLENGER}")
+    assert "the champion moved to version 3 after this run compared against 1" in stale
+    assert "Flower run 102" in stale and "`dag-102`" in stale
+    # plant_b's row: this version's F1 against the champion it was compared with (v1)
+    row = next(line for line in stale.splitlines() if line.startswith("| plant_b |") and "/" in line)
+    assert row.split("|")[2].strip() == "0.450 / 0.500"
+    assert "champion v1" in stale
+    first = client.get_model_version(GLOBAL_MODEL, "1").description
+    assert "no champion" in first and "0.500 / –" in first
+    assert "No site failed" in first

@@ -29,8 +29,9 @@ $(AF)/.installed: requirements-orchestrator.txt pyproject.toml
 	$(AF)/bin/pip install $(PIP_FLAGS) --no-deps -e .
 	touch $@
 
-demo: setup ## set up, start the local stack, run federated_training through Airflow, print a summary
-	$(WL)/bin/mledge demo
+PRIVACY ?= none
+demo: setup ## set up, start the local stack, run federated_training through Airflow, print a summary (PRIVACY=none|dp|secagg|secagg-dp)
+	$(WL)/bin/mledge demo --privacy $(PRIVACY)
 
 down: ## stop every process the local stack started
 	@if [ -x $(WL)/bin/mledge ]; then $(WL)/bin/mledge stack down; else echo "nothing to stop"; fi

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 
 from mledge.cli.common import add
-from mledge.contracts import ROUNDS
+from mledge.contracts import DEFAULT_PRIVACY, PRIVACY_MODES, ROUNDS
 from mledge.ops.settings import Settings
 
 
@@ -20,7 +20,7 @@ def cmd_demo(args: argparse.Namespace, settings: Settings) -> dict:
 
     if args.attack:
         return demo.run_attack_demo(settings, rounds=args.rounds, timeout=args.timeout, profile=args.attack)
-    return demo.run_demo(settings, rounds=args.rounds, timeout=args.timeout)
+    return demo.run_demo(settings, rounds=args.rounds, timeout=args.timeout, privacy=args.privacy)
 
 
 def register(commands: argparse._SubParsersAction) -> None:
@@ -30,6 +30,11 @@ def register(commands: argparse._SubParsersAction) -> None:
     p.add_argument("--rounds", type=int, default=ROUNDS,
                    help="the most federated rounds per training (a run stops earlier once it has converged)")
     p.add_argument("--timeout", type=float, default=1200)
+    p.add_argument(
+        "--privacy", choices=list(PRIVACY_MODES), default=DEFAULT_PRIVACY,
+        help="privacy mode of the demo's trainings (DAG param privacy; a private mode trains the mlp family with "
+        "fedavg, which every mode supports). Example: mledge demo --privacy secagg-dp",
+    )
     p.add_argument(
         "--attack",
         nargs="?",

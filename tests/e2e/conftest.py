@@ -6,9 +6,11 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import smtplib
 import subprocess
 import sys
 import tempfile
+import time
 import uuid
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
@@ -56,6 +58,54 @@ def stack_env(home: Path, ports: Mapping[str, int], **extra: str) -> dict[str, s
         **extra,
     )
     return env
+
+
+@contextmanager
+def smtp_server(folder: Path, port: int) -> Iterator[Path]:
+    """A real SMTP server on loopback (aiosmtpd, from the orchestrator environment) that keeps every mail it
+    receives in a Maildir under ``folder``; stopped by its PID."""
+    python = BIN.parent.parent / "orchestrator" / "bin" / "python"
+    maildir = folder / "maildir"
+    process = subprocess.Popen(
+        [str(python), "-m", "aiosmtpd", "-n", "-l", f"127.0.0.1:{port}", "-c", "aiosmtpd.handlers.Mailbox",
+         str(maildir)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+    )
+    try:
+        deadline = time.monotonic() + 60
+        while True:  # listening once a connection is greeted
+            try:
+                with smtplib.SMTP("127.0.0.1", port, timeout=5):
+                    break
+            except OSError:
+                assert process.poll() is None, process.stderr.read().decode()
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.2)
+        yield maildir
+    finally:
+        process.terminate()
+        process.wait(timeout=30)
+
+
+def smtp_connection(port: int) -> str:
+    """The Airflow Connection (AIRFLOW_CONN_SMTP_DEFAULT) of ``smtp_server``: plain SMTP on loopback."""
+    return json.dumps({"conn_type": "smtp", "host": "127.0.0.1", "port": port,
+                       "extra": {"disable_ssl": True, "disable_tls": True, "retry_limit": 0, "timeout": 30,
+                                 "from_email": "airflow@mledge.test"}})
+
+
+def mails(maildir: Path) -> list[dict[str, str]]:
+    """Subject, recipients and body of every mail the server kept."""
+    import mailbox
+
+    found = []
+    if not (maildir / "new").exists():
+        return found
+    for message in mailbox.Maildir(maildir, create=False):
+        body = "".join(part.get_payload(decode=True).decode(errors="replace")
+                       for part in message.walk() if not part.is_multipart())
+        found.append({"subject": str(message["Subject"]), "to": str(message["To"]), "body": body})
+    return found
 
 
 def stack_ports(free_ports, start: int) -> dict[str, int]:

@@ -12,6 +12,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pandas as pd
@@ -25,21 +26,26 @@ from conftest import (
     failed_logs,
     finished,
     known_secrets,
+    mails,
     run_dag,
     run_training,
     running_stack,
     site_aliases,
     site_owns,
+    smtp_connection,
+    smtp_server,
     stack_env,
     stack_ports,
     training_xcom,
 )
 
 from mledge.contracts import GLOBAL_MODEL
+from mledge.onsite.schema import FEATURE_NAMES
 from mledge.ops.airflow_api import AirflowApiError
 
 pytestmark = pytest.mark.e2e
 
+OPERATORS = "operators@plant.test"
 WORKER_WAIT_S = 45  # how long a site's tasks wait for its edge worker before failing, naming it
 
 
@@ -50,6 +56,7 @@ def platform(deployment_home, airflow_db_url, free_ports):
     schedule = home / "drift-schedule.json"  # plant_b's sensor reads 1.5 K high from its 3rd batch
     schedule.write_text(json.dumps([{"site": "plant_b", "onset_batch": 3, "kind": "sensor_offset", "offset_k": 1.5}]))
     os.chmod(schedule, 0o644)  # the sites' collection reads it
+    (smtp_port,) = free_ports(1, start=ports["supernode"] + 100)
     env = stack_env(
         home,
         ports,
@@ -58,10 +65,14 @@ def platform(deployment_home, airflow_db_url, free_ports):
         MLEDGE_DRIFT_SCHEDULE_CRON="0 0 1 1 *",
         MLEDGE_DRIFT_SCHEDULE=str(schedule),
         MLEDGE_EDGE_WORKER_WAIT_S=str(WORKER_WAIT_S),
+        # Notifications by mail, through the SMTP provider, to the test's own SMTP server.
+        MLEDGE_NOTIFY_EMAIL=OPERATORS,
+        AIRFLOW_CONN_SMTP_DEFAULT=smtp_connection(smtp_port),
     )
     if airflow_db_url:
         env["MLEDGE_AIRFLOW_DB_URL"] = airflow_db_url
-    with running_stack(home, env, ports, "--batches", "2") as stack:
+    with smtp_server(home / "smtp", smtp_port) as maildir, running_stack(home, env, ports, "--batches", "2") as stack:
+        stack.maildir = maildir
         yield stack
 
 
@@ -90,10 +101,58 @@ def test_first_run_trains_logs_and_becomes_champion(platform):
     assert version_tags["mledge.promotion"] == "champion"
     assert version_tags["mledge.data_window.plant_b"] == "batch-000001:batch-000002"
 
+    # The version describes itself (a model card), names its features, and its run has figures and datasets.
+    assert version["description"].startswith(f"### {GLOBAL_MODEL} v1: champion"), version["description"]
+    assert "batch-000001:batch-000002" in version["description"] and "Held-out scores" in version["description"]
+    lineage = registry_lineage(platform, GLOBAL_MODEL, "1", promotion["mlflow_run_id"])
+    assert lineage["features"] == list(FEATURE_NAMES), lineage
+    assert set(lineage["figures"]) >= {"figures/per_site_f1.png", "figures/confusion_matrix.png"}, lineage
+    assert sorted(lineage["datasets"]) == [f"{s}:batch-000001:batch-000002" for s in SITES], lineage
+    assert lineage["model_metrics"] >= {"holdout_f1", "holdout_recall"}, lineage
+
     # Each site's personalised model: its own registered model, champion at first.
     for site in SITES:
         assert promotion["site_models"][site]["alias"] == "champion"
         assert site_aliases(platform, site) == {"champion": "1"}
+
+
+def poll_mail(platform, subject_start: str, timeout: float = 120) -> dict[str, str]:
+    deadline = time.monotonic() + timeout
+    while True:
+        found = [m for m in mails(platform.maildir) if m["subject"].startswith(subject_start)]
+        if found:
+            return found[0]
+        assert time.monotonic() < deadline, f"no mail {subject_start!r}: {mails(platform.maildir)}"
+        time.sleep(1)
+
+
+LINEAGE = """
+import json, sys, mlflow
+name, version, run_id = sys.argv[1:]
+client = mlflow.MlflowClient()
+info = mlflow.models.get_model_info(f"models:/{name}/{version}")
+run = client.get_run(run_id)
+model = mlflow.get_logged_model(info.model_id)
+print(json.dumps({
+    "features": info.signature.inputs.input_names(),
+    "figures": [f.path for f in client.list_artifacts(run_id, "figures")],
+    "datasets": [d.dataset.name for d in run.inputs.dataset_inputs],
+    "model_metrics": sorted({m.key for m in model.metrics}),
+}))
+"""
+
+
+def registry_lineage(platform, name: str, version: str, run_id: str) -> dict:
+    """What MLflow's own client reads of a version as the platform: signature, the run's figures and datasets."""
+    user, password = platform.mlflow_login()
+    env = {**platform.env, "MLFLOW_TRACKING_URI": platform.mlflow_url, "MLFLOW_TRACKING_USERNAME": user,
+           "MLFLOW_TRACKING_PASSWORD": password, "MLFLOW_TRACKING_SERVER_CERT_PATH": platform.ca}
+    done = subprocess.run([sys.executable, "-c", LINEAGE, name, version, run_id], env=env, capture_output=True,
+                          text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    found = json.loads(done.stdout.strip().splitlines()[-1])
+    found["model_metrics"] = set(found["model_metrics"])
+    return found
 
 
 def test_second_run_survives_a_malformed_site_and_passes_the_gate(platform):
@@ -161,6 +220,11 @@ def test_drift_at_plant_b_triggers_retraining_through_the_asset(platform):
     assert {a["site"] for a in confirmed} == {"plant_b"}, alerts
     assert all(a["batch"] >= "batch-000003" for a in confirmed)  # after the onset, never before
     assert {a["site"] for a in alerts} == set(SITES)  # every site was evaluated
+    # The confirmed drift was mailed to the operators (DriftAlertNotifier, SMTP provider, the test's server).
+    drift_mail = poll_mail(platform, "[MLEDGE] Drift confirmed at plant_b")
+    assert drift_mail["to"] == OPERATORS and "retraining requested" in drift_mail["subject"], drift_mail
+    assert all(f"#{a['id']}" in drift_mail["body"] and a["batch"] in drift_mail["body"] for a in confirmed)
+    assert not [m for m in mails(platform.maildir) if "Drift confirmed at plant_a" in m["subject"]]
 
     run_id = client.wait_for_new_run(DAG_ID, known, timeout=180)
     assert client.dag_run(DAG_ID, run_id)["run_type"] == "asset_triggered"

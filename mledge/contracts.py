@@ -243,3 +243,6 @@ DRIFT_BINS = 10
 LABEL_LOSS_SHARE = 0.25
 LABEL_LOSS_LEVEL = 0.005
 ROWS_PER_BATCH = 1000
+
+# Where a site's trainer runs torch: set by the warm trainer (``cuda`` when torch sees a GPU), read by training.
+TORCH_DEVICE_ENV = "MLEDGE_TORCH_DEVICE"

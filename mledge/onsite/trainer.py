@@ -38,13 +38,14 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from mledge.contracts import TORCH_DEVICE_ENV
 from mledge.onsite import trainer_client as wire
 
 log = logging.getLogger("mledge.trainer")
 DEFAULT_APP = "fl.clientapp:app"
 # Parsed batches held in memory (a 1,000-row batch is about 100 kB as a frame).
 DEFAULT_HELD_BATCHES = 512
-DEVICE_ENV = "MLEDGE_TORCH_DEVICE"
+DEVICE_ENV = TORCH_DEVICE_ENV
 _PEERCRED = struct.Struct("3i")  # struct ucred: pid, uid, gid
 
 

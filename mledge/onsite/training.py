@@ -8,6 +8,7 @@ and the decision threshold's counts, fl/thresholds.py), the rest is trained on.
 from __future__ import annotations
 
 import hashlib
+import os
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -20,7 +21,7 @@ from fl import thresholds, trees
 from fl.model import model_from_state
 from fl.protocol import Counts, counts_record
 from fl.simulation.attacks import AttackProfile, Trigger, attack_arrays, attack_data, reported_examples
-from mledge.contracts import NUM_EXAMPLES_KEY
+from mledge.contracts import NUM_EXAMPLES_KEY, TORCH_DEVICE_ENV
 from mledge.onsite import scoring
 from mledge.onsite.features import features, labels
 from mledge.onsite.schema import N_FEATURES
@@ -52,25 +53,39 @@ def train_local(
     seed: int = 0,
     class_weight: float = CLASS_WEIGHT_CAP,
 ) -> float:
-    """Train in place on one site's data; returns the mean training loss of the last epoch."""
-    generator = torch.Generator().manual_seed(seed)
-    xt, yt = torch.from_numpy(x), torch.from_numpy(y)
-    loss_fn = nn.BCEWithLogitsLoss(pos_weight=_pos_weight(y, class_weight))
+    """Train in place on one site's data; returns the mean training loss of the last epoch.
+
+    On the trainer's device (``device()``: a GPU when the site's trainer sees one); the model is back on the CPU
+    afterwards, where its weights are read and sent."""
+    on = device()
+    generator = torch.Generator().manual_seed(seed)  # on the CPU: the same shuffles on every device
+    xt, yt = torch.from_numpy(x).to(on), torch.from_numpy(y).to(on)
+    loss_fn = nn.BCEWithLogitsLoss(pos_weight=_pos_weight(y, class_weight).to(on))
+    model.to(on)
     optimiser = torch.optim.Adam(model.parameters(), lr=lr)
     model.train()
     last = float("nan")
-    for _ in range(epochs):
-        order = torch.randperm(len(xt), generator=generator)
-        total = 0.0
-        for start in range(0, len(xt), batch_size):
-            idx = order[start : start + batch_size]
-            optimiser.zero_grad()
-            loss = loss_fn(_logits(model, xt[idx]), yt[idx])
-            loss.backward()
-            optimiser.step()
-            total += loss.item() * len(idx)
-        last = total / len(xt)
+    try:
+        for _ in range(epochs):
+            order = torch.randperm(len(xt), generator=generator).to(on)
+            total = torch.zeros((), dtype=torch.float64, device=on)  # summed on the device: no sync per batch
+            for start in range(0, len(xt), batch_size):
+                idx = order[start : start + batch_size]
+                optimiser.zero_grad()
+                loss = loss_fn(_logits(model, xt[idx]), yt[idx])
+                loss.backward()
+                optimiser.step()
+                total += loss.detach().double() * len(idx)
+            last = float(total) / len(xt)
+    finally:
+        model.to("cpu")
     return last
+
+
+def device() -> torch.device:
+    """Where a site trains: ``MLEDGE_TORCH_DEVICE`` (the warm trainer sets ``cuda`` when torch sees a GPU,
+    mledge/onsite/trainer.py), else the CPU."""
+    return torch.device(os.environ.get(TORCH_DEVICE_ENV) or "cpu")
 
 
 @torch.no_grad()

@@ -278,3 +278,31 @@ def test_batches_are_held_by_content_and_read_again_when_the_store_changes(train
     assert train().content["metrics"]["num-examples"] == _examples(store)
     # The original bytes are still held: nothing parsed again.
     assert counts()["misses"] == restored["misses"]
+
+
+def test_training_runs_on_the_device_the_trainer_chose(monkeypatch):
+    """The warm trainer exports its device (cuda when torch sees a GPU); training runs there and hands the model
+    back on the CPU. Without a GPU, asking for cuda fails in torch, which shows the setting is obeyed."""
+    import numpy as np
+    import torch
+
+    from fl.model import build_model
+    from mledge.contracts import TORCH_DEVICE_ENV
+    from mledge.onsite.schema import N_FEATURES
+    from mledge.onsite.training import train_local
+
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(256, N_FEATURES)).astype(np.float32)
+    y = (rng.random(256) < 0.2).astype(np.float32)
+    monkeypatch.setenv(TORCH_DEVICE_ENV, "cpu")
+    on_cpu = build_model(seed=1)
+    cpu_loss = train_local(on_cpu, x, y, epochs=2, lr=0.01)
+    monkeypatch.setenv(TORCH_DEVICE_ENV, "cuda")
+    model = build_model(seed=1)
+    if not torch.cuda.is_available():
+        with pytest.raises((AssertionError, RuntimeError), match="(?i)cuda"):
+            train_local(model, x, y, epochs=2, lr=0.01)
+        return
+    gpu_loss = train_local(model, x, y, epochs=2, lr=0.01)
+    assert all(p.device.type == "cpu" for p in model.parameters())
+    assert gpu_loss == pytest.approx(cpu_loss, rel=1e-3)

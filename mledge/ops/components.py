@@ -44,6 +44,10 @@ TELEMETRY_OFF = {
     "DO_NOT_TRACK": "true",  # MLflow, Evidently and others honour it
     "FLWR_TELEMETRY_ENABLED": "0",
 }
+# MLflow's client retries a refused request 7 times with doubling waits (about 4 min); a task or a round's metric
+# sink then hangs that long while MLflow is down. A few short tries, then our own retries take over: the outbox
+# keeps the round's metrics, Airflow retries the task with its backoff (dags/federated_training.py).
+MLFLOW_CLIENT = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "3", "MLFLOW_HTTP_REQUEST_TIMEOUT": "60"}
 # MLEDGE_* variables that carry a credential or a database URL: the platform's processes only.
 PLATFORM_ONLY = (
     "MLEDGE_AIRFLOW_DB_URL",
@@ -79,6 +83,7 @@ def _base_env(settings: Settings, home: Path, environ: Mapping[str, str], *bins:
         MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT="true",
         PYTHONDONTWRITEBYTECODE="1",  # the venvs are shared and read-only to the components' users
         **TELEMETRY_OFF,
+        **MLFLOW_CLIENT,
     )
     return env
 

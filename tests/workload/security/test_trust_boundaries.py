@@ -55,6 +55,8 @@ def test_a_sites_environment_holds_nothing_of_the_platform(settings):
             assert env["MLEDGE_DRIFT_SCHEDULE"] == "none"  # non-secret settings pass
             assert "PYTHONPATH" not in env and env["FLWR_TELEMETRY_ENABLED"] == "0"
             assert env["MLFLOW_DISABLE_TELEMETRY"] == "true" and env["DO_NOT_TRACK"] == "true"
+            # MLflow down: a few short tries, then the outbox and Airflow's retries (not 4 minutes per request)
+            assert int(env["MLFLOW_HTTP_REQUEST_MAX_RETRIES"]) <= 3
         # Only the edge worker holds the shared worker key (the provider signs with it): README says what it allows.
         assert "AIRFLOW__API_AUTH__JWT_SECRET" not in defs.site_env(settings, site, SUPERVISOR)
         assert defs.edge_worker_env(settings, site, SUPERVISOR)["AIRFLOW__API_AUTH__JWT_SECRET"] == jwt

@@ -311,6 +311,8 @@ def _keys_text(keys: tuple[str, ...]) -> str:
     """Keys for a reader: a model's weights in words, each full set of counts as its prefix."""
     if keys == ("*",):
         return "weights of every layer"
+    if not keys:
+        return "none (an empty record)"
     prefixes = [p for p in dict.fromkeys(k[: -len("tp")] for k in keys if k.endswith("tp"))
                 if set(_counts(p)) <= set(keys)]
     grouped = {k for p in prefixes for k in _counts(p)}

@@ -22,7 +22,7 @@ from conftest import BIN, DAG_ID, SITES, Platform, finished, running_stack, stac
 
 from mledge.contracts import GLOBAL_MODEL
 
-# Not in `make test`: a training run per fault would take CI past its hour on two cores; `make bench-chaos` runs it.
+# In `make test` (about 17 min on two cores) and in `make bench-chaos`, which writes bench/results/chaos.json.
 pytestmark = [pytest.mark.e2e, pytest.mark.chaos]
 REPO = Path(__file__).resolve().parents[2]
 

@@ -171,3 +171,16 @@ def test_rollback_without_a_previous_champion_fails_clearly(history):
         rollback(site_model_name("plant_b"))
     with pytest.raises(LookupError, match="has no champion"):
         rollback("no-such-model")
+
+
+def test_a_site_version_describes_itself_with_its_own_model_card(history):
+    """Its recent window, its scores there beside the run's global model and its champion, and the alerts."""
+    client = history["client"]
+    card = client.get_model_version(site_model_name("plant_b"), "2").description
+    assert card.startswith(f"### {site_model_name('plant_b')} v2: {CHALLENGER}")
+    assert "`batch-000005:batch-000007`" in card
+    rows = {line.split("|")[1].strip(): line.split("|")[2].strip() for line in card.splitlines()
+            if line.startswith("| ") and line.split("|")[1].strip() != "model"}
+    assert rows == {"this version": "0.510", "the run's global model": "0.400", "champion v1": "0.500"}
+    assert "**Drift alerts that caused it**: 7" in card
+    assert "plant_a" not in card  # a site's card says nothing of another site

@@ -65,6 +65,7 @@ def smtp_server(folder: Path, port: int) -> Iterator[Path]:
     """A real SMTP server on loopback (aiosmtpd, from the orchestrator environment) that keeps every mail it
     receives in a Maildir under ``folder``; stopped by its PID."""
     python = BIN.parent.parent / "orchestrator" / "bin" / "python"
+    folder.mkdir(parents=True, exist_ok=True)
     maildir = folder / "maildir"
     process = subprocess.Popen(
         [str(python), "-m", "aiosmtpd", "-n", "-l", f"127.0.0.1:{port}", "-c", "aiosmtpd.handlers.Mailbox",

@@ -254,7 +254,8 @@ def print_privacy(facts: dict[str, Any]) -> None:
     if not promotion:
         return
     tags = mlflow.MlflowClient().get_model_version(promotion["registered_model"], promotion["version"]).tags
-    private = {k.removeprefix(f"{TAG_PRIVACY}."): v for k, v in tags.items() if k.startswith(TAG_PRIVACY)}
+    private = {k.removeprefix(TAG_PRIVACY).lstrip(".") or "mode": v for k, v in tags.items()
+               if k.startswith(TAG_PRIVACY)}
     print("Privacy      " + ", ".join(f"{k}={v}" for k, v in sorted(private.items())))
 
 

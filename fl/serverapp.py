@@ -39,7 +39,7 @@ from fl.grid import PromptGrid
 from fl.model import model_from_state
 from fl.outbox import GLOBAL, Outbox, outbox_dir
 from fl.privacy.server import apply_privacy
-from fl.protocol import ZERO, PromotionEvidence, SiteEvidence, counts_from, metric_problems, metrics_from_counts
+from fl.protocol import ZERO, Counts, PromotionEvidence, SiteEvidence, counts_from, metric_problems, metrics_from_counts
 from fl.strategies import AggregationStrategy, SiteStateStore, build_strategy
 from fl.strategies.state import Lease, RoundState
 from fl.tree_strategy import tree_strategy
@@ -190,13 +190,15 @@ def _require(ok: Mapping[str, Message], failed: Mapping[str, str], minimum: int,
         )
 
 
-def log_evaluation(ok: Mapping[str, Message], step: int, sink: MetricSink, prefix: str = "") -> None:
-    """Federated and per-site held-out metrics of one global model, at ``step`` (its round)."""
+def log_evaluation(ok: Mapping[str, Message], step: int, sink: MetricSink, prefix: str = "") -> Counts:
+    """Federated and per-site held-out metrics of one global model, at ``step`` (its round); returns the summed
+    counts."""
     per_site = {site: counts_from(reply_metrics(reply), prefix) for site, reply in ok.items()}
     total = sum(per_site.values(), ZERO)
     sink({f"eval_{k}": v for k, v in metrics_from_counts(total).items()}, step=step)
     for site, counts in per_site.items():
         sink({f"{site}/eval_{k}": v for k, v in metrics_from_counts(counts).items()}, step=step)
+    return total
 
 
 def _add_compute(compute: dict[str, float], ok: Mapping[str, Message]) -> None:
@@ -422,8 +424,7 @@ def publish(
     """Step 3: the final evaluation, the evidence, which sites failed, and every model, into the run's outbox (at
     the platform); ``Outbox.flush`` then sends them to MLflow, each model to the experiment its readers may read
     (the global models', or the site's own)."""
-    if ok:
-        log_evaluation(ok, step=step, sink=outbox.log_metrics)
+    final = log_evaluation(ok, step=step, sink=outbox.log_metrics) if ok else None
     for site, entry in evidence.sites.items():
         outbox.log_metrics({f"holdout/{site}/candidate_{k}": v for k, v in entry.candidate.items()}, step=step)
         if entry.champion:
@@ -433,7 +434,6 @@ def publish(
         outbox.put_model(site, families.arrays_of(ok[site].content[ARRAYS_KEY]))
         outbox.put_model_metrics(site, {f"recent_{k}": v for k, v in evidence.sites[site].personal.items()})
     outbox.put_model(GLOBAL, families.arrays_of(result.arrays))
-    final = sum((counts_from(reply_metrics(r)) for r in ok.values()), ZERO) if ok else None
     if final is not None:  # the final evaluation, on every site's held-out rows, attached to the logged model
         outbox.put_model_metrics(GLOBAL, {f"holdout_{k}": v for k, v in metrics_from_counts(final).items()})
     for path, figure in run_figures(outbox.history(), final).items():

@@ -117,15 +117,22 @@ def window_name(paths: list[Path]) -> str:
 def window_digest(store: Path, last: int | None = None) -> str:
     """SHA-256 over the window's batch files (each file's own SHA-256, in order): names the exact data a model was
     trained on, for the registry's dataset lineage (mlflow.data), without a row leaving the site."""
-    paths = batch_paths(store)[-last:] if last else batch_paths(store)
-    lines = "".join(f"{p.name} {hashlib.sha256(p.read_bytes()).hexdigest()}\n" for p in paths)
-    return hashlib.sha256(lines.encode()).hexdigest()
+    return _digest(_file_hashes(store)[-last:] if last else _file_hashes(store))
+
+
+def _file_hashes(store: Path) -> list[str]:
+    return [f"{p.name} {hashlib.sha256(p.read_bytes()).hexdigest()}\n" for p in batch_paths(store)]
+
+
+def _digest(lines: list[str]) -> str:
+    return hashlib.sha256("".join(lines).encode()).hexdigest()
 
 
 def window_record(store: Path, data: str, recent: str, recent_batches: int) -> dict[str, str]:
     """What a site says of its data windows at the end of a run: batch names and digests (fl/protocol.py)."""
-    return {"data": data, "recent": recent, "data-digest": window_digest(store),
-            "recent-digest": window_digest(store, last=recent_batches)}
+    hashes = _file_hashes(store)  # each file read once for both windows
+    return {"data": data, "recent": recent, "data-digest": _digest(hashes),
+            "recent-digest": _digest(hashes[-recent_batches:] if recent_batches else hashes)}
 
 
 def load_window(store: Path, site: str, last: int | None = None) -> tuple[pd.DataFrame, str]:
